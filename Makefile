@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine (see README.md):
+#   make serve   bootstrap, make sure the default model is exported and registered, serve it
+#   make test    bootstrap, then pytest
+# Each step reuses what exists, so a second run starts in seconds.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# The Debian package `dataset-fashion-mnist` installs the IDX files here.
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+FMNIST_STAMP := $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz
+
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap venv dataset default-model serve test clean
+
+bootstrap: venv dataset
+
+venv: $(VENV)/.installed
+
+# Re-installs only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(PY) -c 'import torch, onnxruntime, bentoml'
+	@touch $@
+
+dataset: $(FMNIST_STAMP)
+
+$(FMNIST_STAMP):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+default-model: bootstrap
+	$(PY) -m models.default
+
+serve: default-model
+	@echo "make serve: the default model is ready; the HTTP service is not built yet (see the service issue)." >&2
+	@exit 1
+
+test: bootstrap
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

@@ -1,0 +1,1 @@
+"""Turning trained PyTorch ResNets into inference graphs and deployable artifacts."""

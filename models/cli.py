@@ -1,0 +1,21 @@
+"""The shared shell of every ``python -m`` command: logging set-up and one-line errors."""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from models.errors import UserError
+
+
+def run_cli(job: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None) -> int:
+    """Runs ``job(argv)``; a ``UserError`` becomes ``error: <message>`` on stderr and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return job(argv) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
