@@ -36,7 +36,7 @@ $(FMNIST_STAMP):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 default-model: bootstrap
-	$(PY) -m models.default
+	$(PY) -m export.default_model
 
 serve: default-model
 	@echo "make serve: the default model is ready; the HTTP service is not built yet (see the service issue)." >&2

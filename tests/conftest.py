@@ -1,9 +1,15 @@
 """Shared fixtures: the real Fashion-MNIST files (the Debian package) and the committed default model."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Tests never touch the user's BentoML store: a private one for the whole session, set before
+# anything imports bentoml (it reads BENTOML_HOME when its configuration is first built).
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="bentoml-home-tests-")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "checkpoints" / "resnet20-fmnist"

@@ -1,0 +1,156 @@
+"""Export = fold, write ONNX in each precision, verify every file, then (and only then) publish.
+
+All files are written and verified in a staging folder beside ``out``; they are moved into ``out``
+only after every requested precision has passed, and registered in the BentoML store after that.
+A failed export therefore leaves ``out`` and the store exactly as they were.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from export.fold import fold_model, fold_report
+from export.onnx_io import OPSET, convert_fp16, embed_metadata, export_fp32, quantize_int8
+from export.sources import Source, load_source
+from export.store import register
+from export.verify import random_inputs, real_images, reference_logits, verify_float, verify_int8
+from models.checkpoint import sha256_file
+from models.errors import UserError
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_IMAGES = 512  # int8 calibration, from the Fashion-MNIST training set
+
+
+@dataclass
+class ExportConfig:
+    model: str | None = None
+    checkpoint: Path | None = None
+    torchvision_weights: Path | None = None
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    out: Path = Path("artifacts/export")
+    register: bool = False
+    merge_projections: bool = True  # the faster on this CPU: see reports/export-bench
+    verify_random: int | None = None  # inputs per check; None: a size-dependent default
+    verify_real: int | None = None
+
+
+@dataclass
+class ExportResult:
+    name: str
+    files: dict[str, Path]
+    metadata: dict[str, dict[str, Any]]
+    tag: str | None
+
+
+def _check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {out} is not writable")
+
+
+def export_model(cfg: ExportConfig) -> ExportResult:
+    unknown = [p for p in cfg.precisions if p not in PRECISIONS]
+    if unknown or not cfg.precisions:
+        raise UserError(f"unknown precision {', '.join(unknown) or '(none)'}; choose from {', '.join(PRECISIONS)}")
+    out = Path(cfg.out)
+    _check_out_dir(out)
+    source = load_source(cfg.model, cfg.checkpoint, cfg.torchvision_weights)
+    meta = source.metadata
+    name = meta["name"]
+    small = meta["input_shape"][-1] <= 64
+    n_random = cfg.verify_random or (32 if small else 4)
+    n_real = cfg.verify_real or (256 if small else 4)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=out))
+    try:
+        steps = tqdm(total=2 + len(cfg.precisions), desc=f"export {name}", disable=None, leave=False)
+        folded = fold_model(source.model, merge_projections=cfg.merge_projections)
+        report = dataclasses.asdict(fold_report(source.model, folded))
+        fp32 = staging / f"{name}.fp32.onnx"
+        t0 = time.perf_counter()
+        export_fp32(folded, meta["input_shape"], fp32)
+        steps.update()
+        inputs = {"random": random_inputs(meta, n_random), "real": real_images(meta, "test", n_real)[0]}
+        references = {kind: reference_logits(source.model, x) for kind, x in inputs.items()}
+        steps.update()
+        files, figures = {}, {}
+        for precision in ["fp32"] + [p for p in ("fp16", "int8") if p in cfg.precisions]:
+            path = staging / f"{name}.{precision}.onnx"
+            if precision == "fp16":
+                convert_fp16(fp32, path)
+            elif precision == "int8":
+                quantize_int8(fp32, path, real_images(meta, "train", CALIBRATION_IMAGES)[0])
+            if precision == "int8":
+                figures[precision] = verify_int8(path, fp32, meta, real_images(meta, "test", 1000 if small else 64, 5000)[0])
+            else:
+                figures[precision] = verify_float(path, precision, source.model, inputs, references)
+            figures[precision]["calibration_images"] = CALIBRATION_IMAGES if precision == "int8" else None
+            files[precision] = path
+            _log_figures(name, precision, figures[precision])
+            steps.update()
+        steps.close()
+        if "fp32" not in cfg.precisions:
+            files.pop("fp32").unlink()
+        metadata = {p: _file_metadata(meta, p, report, figures[p], cfg, time.perf_counter() - t0) for p in files}
+        for precision, path in files.items():
+            embed_metadata(path, metadata[precision])
+            metadata[precision]["onnx_sha256"] = sha256_file(path)
+            path.with_suffix(".json").write_text(json.dumps(metadata[precision], indent=2) + "\n")
+        published = {}
+        for precision, path in files.items():  # verified: publish, each file atomically
+            for src in (path.with_suffix(".json"), path):
+                os.replace(src, out / src.name)
+            published[precision] = out / path.name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    tag = register(published, metadata[next(iter(published))]) if cfg.register else None
+    return ExportResult(name, published, metadata, tag)
+
+
+def _file_metadata(meta: dict[str, Any], precision: str, report: dict[str, int],
+                   figures: dict[str, Any], cfg: ExportConfig, seconds: float) -> dict[str, Any]:
+    return {
+        **meta,
+        "precision": precision,
+        "opset": OPSET,
+        "input_name": "images",
+        "output_name": "logits",
+        "folding": {**report, "merge_projections": cfg.merge_projections},
+        "verification": figures,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "export_seconds": round(seconds, 1),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+    }
+
+
+def _log_figures(name: str, precision: str, fig: dict[str, Any]) -> None:
+    if precision == "int8":
+        acc = (f", test accuracy {fig['test_accuracy']:.2f}% vs fp32 {fig['fp32_test_accuracy']:.2f}%"
+               if "test_accuracy" in fig else "")
+        log.info("%s int8: top-1 agreement with fp32 %.2f%% on %d images, min logit cosine %.4f%s", name,
+                 fig["top1_agreement"], fig["agreement_images"], fig["min_logit_cosine"], acc)
+    else:
+        log.info("%s %s: relative error vs float64 PyTorch %.1e (random), %.1e (real); limit %.0e; "
+                 "no BatchNormalization node", name, precision, fig["rel_error_random"], fig["rel_error_real"],
+                 fig["tolerance"])
