@@ -30,7 +30,7 @@ from export.onnx_io import OPSET, convert_fp16, embed_metadata, export_fp32, qua
 from export.sources import Source, load_source
 from export.store import register
 from export.verify import random_inputs, real_images, reference_logits, verify_float, verify_int8
-from models.checkpoint import sha256_file
+from models.files import sha256_file
 from models.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoint import load_checkpoint, load_state_dict_strict, sha256_file
+from models.checkpoint import load_checkpoint, load_state_dict_strict
+from models.files import sha256_file
 from models.errors import UserError
 from models.init import randomize_batchnorm_stats_
 from models.registry import create_model, get_spec

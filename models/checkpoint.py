@@ -6,7 +6,6 @@ sha256 is recorded in it, so a corrupt file is caught before it is used.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.errors import UserError
+from models.files import sha256_file
 from models.registry import create_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -30,14 +30,6 @@ REQUIRED_FIELDS = ("model", "num_classes", "class_names", "input_shape", "channe
 
 class CheckpointError(UserError):
     pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(out_dir: Path, model: nn.Module, metadata: dict[str, Any]) -> Path:

@@ -9,23 +9,23 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.checkpoint import load_checkpoint
 from models.cli import run_cli
-from models.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "resnet20-fmnist"  # <architecture>-<dataset>: the name it is served under
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / DEFAULT_MODEL_NAME
 # The recipe that produced the committed checkpoint (its metadata.json holds the exact command).
-DEFAULT_RECIPE = TrainConfig(model="resnet20", epochs=30, out=str(DEFAULT_CHECKPOINT), grad_norms=True)
+DEFAULT_RECIPE = {"model": "resnet20", "epochs": 30, "grad_norms": True}
 
 
 def ensure_default_checkpoint(path: Path = DEFAULT_CHECKPOINT) -> dict:
     """Verifies the committed checkpoint; retrains it (an hour on 2 CPU cores) only if it is absent."""
+    from models.checkpoint import load_checkpoint  # torch: imported only by those who train/export
+    from models.train import TrainConfig, train
+
     if not (path / "metadata.json").exists():
         log.warning("%s is missing: training it again with the committed recipe (slow on a CPU)", path)
-        cfg = TrainConfig(**{**DEFAULT_RECIPE.__dict__, "out": str(path)})
-        train(cfg, resume=True)
+        train(TrainConfig(**DEFAULT_RECIPE, out=str(path)), resume=True)
     _, meta = load_checkpoint(path)  # raises a one-line error if it is corrupt
     log.info("default model %s: %s, test accuracy %.2f%% (%s)", DEFAULT_MODEL_NAME, path,
              meta["test_accuracy"], "trained" if meta.get("trained") else "untrained")

@@ -1,0 +1,299 @@
+"""Latency of each ResNet in five forms, measured side by side in one run on this machine's CPU.
+
+For every model and batch size the five variants run interleaved, round-robin: one iteration of
+each in turn, then again, so a noisy neighbour or a clock change hits all of them alike. Each
+round starts one variant later than the one before, so no variant always follows the same one.
+
+    python -m export.bench                  # resnet18/34/50/101/152 + resnet20, batches 1 and 8
+    python -m export.bench --models resnet18,resnet20 --batches 1 --repeats 5 --out /tmp/bench-smoke
+
+Writes ``report.md``, ``results.json`` and ``latency_vs_depth.png`` to ``--out``
+(default ``reports/export-bench``); see ``export.bench_report`` for what they hold.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from export.fold import fold_model, fold_report
+from export.onnx_io import INPUT_NAME, OUTPUT_NAME, export_fp32, quantize_int8
+from export.sources import Source, from_checkpoint, untrained
+from export.verify import real_images
+from models.cli import run_cli
+from models.errors import UserError
+from models.registry import get_spec
+
+log = logging.getLogger(__name__)
+# Variant key -> label, in the order they run within a round and appear in tables.
+VARIANTS = {
+    "eager": "PyTorch eager",
+    "folded": "PyTorch folded",
+    "ort_fp32_unmerged": "ORT fp32 unmerged",
+    "ort_fp32": "ORT fp32 merged",
+    "ort_int8": "ORT int8",
+}
+DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20")
+DEFAULT_BATCHES = (1, 8)
+# Sized so the default run takes ~8 minutes on 2 cores, of which ~5 are export and int8
+# calibration (fixed costs); see the module's smoke-run notes in reports/export-bench.
+DEFAULT_REPEATS = 15
+DEFAULT_WARMUP = 3
+CALIBRATION_IMAGES = 512  # as export.pipeline: Fashion-MNIST training images
+CHECKPOINTS = {"resnet20": Path(__file__).resolve().parents[1] / "models/checkpoints/resnet20-fmnist"}
+# After Run() returns, onnxruntime's workers would otherwise keep spinning for a while and take the
+# cores from the PyTorch iteration that follows; within a Run they spin as usual.
+ORT_CONFIG = {"session.force_spinning_stop": "1"}
+
+Runner = Callable[[np.ndarray], Any]
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, VNNI support and library versions, for the report's header."""
+    cpu: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            cpu.setdefault(key.strip(), value.strip())  # the first processor's entry
+    except OSError:
+        pass
+    cpu_model, flags = cpu.get("model name") or platform.processor() or "unknown", set(cpu.get("flags", "").split())
+    return {
+        "cpu_model": cpu_model, "cpu_count": os.cpu_count(), "avx512_vnni": "avx512_vnni" in flags,
+        "avx512f": "avx512f" in flags, "platform": platform.platform(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "onnxruntime": ort.__version__, "onnx": onnx.__version__, "numpy": np.__version__},
+        "torch_parallel_backend": "OpenMP" if torch.backends.openmp.is_available() else "native",
+    }
+
+
+def check_models(names: Sequence[str]) -> None:
+    """Fails fast, before minutes of work, on a name that cannot be benchmarked."""
+    for name in names:
+        spec = get_spec(name)  # unknown name: one line listing the valid ones
+        if spec.family != "imagenet" and name not in CHECKPOINTS:
+            raise UserError(f"{name}: no checkpoint to benchmark; use ImageNet names or {', '.join(CHECKPOINTS)}")
+
+
+def load_model(name: str) -> Source:
+    """Deterministic untrained weights for ImageNet names; the committed checkpoint otherwise."""
+    return from_checkpoint(CHECKPOINTS[name], None) if name in CHECKPOINTS else untrained(name)
+
+
+def ort_cpu_session(path: Path, threads: int) -> ort.InferenceSession:
+    """A CPU-provider session with ``threads`` intra-op threads and every graph optimisation.
+
+    Fails if onnxruntime did not take the CPU provider exactly as asked: a silent fallback or
+    extra provider would make the numbers mean something else.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads  # counts the calling thread, as torch.set_num_threads does
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    for key, value in ORT_CONFIG.items():
+        opts.add_session_config_entry(key, value)
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if session.get_providers() != ["CPUExecutionProvider"]:
+        raise RuntimeError(f"{path.name}: onnxruntime runs on {session.get_providers()}, not the CPU provider alone")
+    return session
+
+
+def _torch_runner(model: torch.nn.Module) -> Runner:
+    def run(x: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x))
+    return run
+
+
+def _ort_runner(session: ort.InferenceSession) -> Runner:
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    return run
+
+
+def prepare_variants(source: Source, workdir: Path, threads: int) -> tuple[dict[str, Runner], dict[str, Any]]:
+    """The five runners for one model, and what it took to build them (fold counts, seconds)."""
+    meta, model = source.metadata, source.model.float().eval()
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    merged, unmerged = fold_model(model), fold_model(model, merge_projections=False)
+    report = fold_report(model, merged)
+    seconds["fold"] = time.perf_counter() - t0
+    paths = {k: workdir / f"{meta['name']}.{k}.onnx" for k in ("ort_fp32", "ort_fp32_unmerged", "ort_int8")}
+    for key, folded in (("ort_fp32", merged), ("ort_fp32_unmerged", unmerged)):
+        t0 = time.perf_counter()
+        export_fp32(folded, meta["input_shape"], paths[key])
+        seconds[f"export_{key}"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    calibration = real_images(meta, "train", CALIBRATION_IMAGES)[0]
+    quantize_int8(paths["ort_fp32"], paths["ort_int8"], calibration)
+    seconds["quantize_int8"] = time.perf_counter() - t0
+    del calibration
+    runners = {"eager": _torch_runner(model), "folded": _torch_runner(merged)}
+    runners.update({k: _ort_runner(ort_cpu_session(p, threads)) for k, p in paths.items()})
+    info = {
+        "family": meta["family"], "depth": meta["depth"], "input_shape": meta["input_shape"],
+        "trained": meta["trained"], "weights": meta["source"]["kind"],
+        "convs_before": report.convs_before, "convs_after": report.convs_after,
+        "merged_projections": report.merged_projections, "separate_projections": report.separate_projections,
+        "fold_report": dataclasses.asdict(report), "setup_seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
+    return {k: runners[k] for k in VARIANTS}, info
+
+
+def _rel_diff(out: Any, ref: np.ndarray) -> float:
+    out = np.asarray(out, dtype=np.float64)
+    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def time_interleaved(runners: dict[str, Runner], x: np.ndarray, repeats: int, warmup: int,
+                     progress: tqdm | None = None) -> dict[str, list[float]]:
+    """Per-iteration seconds of each runner on ``x``: ``warmup`` untimed rounds, then ``repeats``
+    timed rounds; every round calls each runner once, starting one runner later each round."""
+    keys = list(runners)
+    samples: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(warmup + repeats):
+        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+            t0 = time.perf_counter()
+            runners[k](x)
+            elapsed = time.perf_counter() - t0
+            if r >= warmup:
+                samples[k].append(elapsed)
+        if progress is not None:
+            progress.update()
+    return samples
+
+
+def measure_batch(runners: dict[str, Runner], x: np.ndarray, repeats: int, warmup: int,
+                  progress: tqdm | None = None) -> dict[str, Any]:
+    """Medians, p90s and raw samples (ms) for one input batch, plus each variant's output
+    difference from eager PyTorch (a fast variant that computes something else is no result)."""
+    reference = np.asarray(runners["eager"](x), dtype=np.float64)
+    rel_diff = {k: _rel_diff(run(x), reference) for k, run in runners.items() if k != "eager"}
+    samples = time_interleaved(runners, x, repeats, warmup, progress)
+    ms = {k: 1000.0 * np.asarray(v) for k, v in samples.items()}
+    return {
+        "median_ms": {k: float(np.median(v)) for k, v in ms.items()},
+        "p90_ms": {k: float(np.percentile(v, 90)) for k, v in ms.items()},
+        "samples_ms": {k: [round(float(s), 4) for s in v] for k, v in ms.items()},
+        "rel_diff_vs_eager": rel_diff,
+    }
+
+
+def run_bench(models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = DEFAULT_BATCHES,
+              repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP, threads: int | None = None,
+              workdir: Path | None = None) -> dict[str, Any]:
+    """Measures every variant of every model at every batch size; returns the results as a dict.
+
+    ``threads`` (default ``os.cpu_count()``) goes to ``torch.set_num_threads`` and to each
+    onnxruntime session's ``intra_op_num_threads`` alike. ONNX files are written to ``workdir``
+    (default: a temporary folder, removed afterwards). ``export.bench_report.write_outputs`` turns
+    the result into the report, JSON and plot.
+    """
+    check_models(models)
+    if not batches or min(batches) < 1 or repeats < 1 or warmup < 0:
+        raise UserError("need at least one batch size >= 1, --repeats >= 1 and --warmup >= 0")
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "settings": {"threads": threads, "repeats": repeats, "warmup": warmup, "batches": list(batches),
+                     "models": list(models), "calibration_images": CALIBRATION_IMAGES,
+                     "ort_graph_optimization": "ORT_ENABLE_ALL", "ort_providers": ["CPUExecutionProvider"],
+                     "ort_config": ORT_CONFIG, "torch_mode": "inference_mode, float32"},
+        "variants": VARIANTS,
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="export-bench-", dir=workdir) as tmp, logging_redirect_tqdm():
+        bar = tqdm(total=len(models) * len(batches) * (repeats + warmup), desc="bench", unit="round",
+                   disable=None)
+        for name in models:
+            bar.set_postfix_str(f"{name}: fold, export, calibrate int8")
+            source = load_model(name)
+            model_dir = Path(tmp) / name
+            model_dir.mkdir()
+            runners, info = prepare_variants(source, model_dir, threads)
+            log.info("%s: %d convs -> %d after folding; set-up %s", name, info["convs_before"],
+                     info["convs_after"], ", ".join(f"{k} {v:.1f}s" for k, v in info["setup_seconds"].items()))
+            info["batches"] = {}
+            for batch in batches:
+                bar.set_postfix_str(f"{name} batch {batch}")
+                x = np.ascontiguousarray(real_images(source.metadata, "test", batch)[0])
+                info["batches"][str(batch)] = cell = measure_batch(runners, x, repeats, warmup, bar)
+                log.info("%s batch %d: %s", name, batch,
+                         ", ".join(f"{VARIANTS[k]} {v:.2f} ms" for k, v in cell["median_ms"].items()))
+            results["models"][name] = info
+            del runners
+        bar.close()
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from export.bench_report import write_outputs  # matplotlib only where the CLI writes files
+
+    p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help="comma-separated: ImageNet names (untrained weights) and/or resnet20 (checkpoint)")
+    p.add_argument("--batches", type=_int_list, default=list(DEFAULT_BATCHES), help="comma-separated batch sizes")
+    p.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS, help="timed rounds per model and batch")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed rounds before them")
+    p.add_argument("--threads", type=_positive, default=os.cpu_count(),
+                   help="torch and onnxruntime intra-op threads (default: os.cpu_count())")
+    p.add_argument("--out", type=Path, default=Path("reports/export-bench"), help="folder for the report")
+    args = p.parse_args(argv)
+    models = [s.strip() for s in args.models.split(",") if s.strip()]
+    check_models(models)
+    try:  # before minutes of measuring, not after
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {args.out}: {e.strerror}") from None
+    if not os.access(args.out, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {args.out} is not writable")
+    results = run_bench(models, args.batches, args.repeats, args.warmup, args.threads)
+    for path in write_outputs(results, args.out):
+        log.info("wrote %s", path)
+    log.info("benchmark took %.0f s", results["wall_seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

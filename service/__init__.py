@@ -1,0 +1,1 @@
+"""The HTTP service: request validation, image preprocessing and batched onnxruntime inference."""

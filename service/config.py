@@ -1,0 +1,90 @@
+"""Every setting of the service, in one place, read from the environment.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| RESNET_MODELS | resnet20-fmnist | comma-separated served names from the BentoML store (first = default) |
+| RESNET_PRECISION | auto | fp32, fp16 or int8; auto = fp16 on CUDA, fp32 on the CPU |
+| RESNET_DEVICE | auto | auto (CUDA if onnxruntime can use it), cuda or cpu |
+| RESNET_DEVICE_ID | 0 | CUDA device |
+| RESNET_MAX_BATCH_SIZE | 32 | adaptive batching: largest batch formed |
+| RESNET_MAX_LATENCY_MS | 1000 | adaptive batching: BentoML sheds (503) requests it predicts will wait longer |
+| RESNET_BATCHING | on | off = one onnxruntime call per image (for measuring batching on against off) |
+| RESNET_API_WORKERS | cores | processes that decode and preprocess uploads |
+| RESNET_ENGINE_THREADS | cores | onnxruntime intra-op threads of the engine process (CPU provider) |
+| RESNET_MAX_IMAGE_BYTES | 10485760 | largest accepted upload, per image |
+| RESNET_MAX_PIXELS | 40000000 | largest accepted width x height |
+| RESNET_MAX_BODY_BYTES | 33554432 | largest request body (413 above it) |
+| RESNET_MAX_BATCH_IMAGES | 16 | most images in one /classify_batch request |
+| RESNET_MAX_TOP_K | 100 | largest top_k (and never more than the model's classes) |
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from models.default import DEFAULT_MODEL_NAME
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: choose from {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    models: tuple[str, ...]
+    precision: str
+    device: str
+    device_id: int
+    max_batch_size: int
+    max_latency_ms: int
+    batching: bool
+    api_workers: int
+    engine_threads: int
+    max_image_bytes: int
+    max_pixels: int
+    max_body_bytes: int
+    max_batch_images: int
+    max_top_k: int
+
+    @property
+    def default_model(self) -> str:
+        return self.models[0]
+
+
+def load_config() -> ServiceConfig:
+    cores = os.cpu_count() or 1
+    models = tuple(m.strip() for m in (os.environ.get("RESNET_MODELS") or DEFAULT_MODEL_NAME).split(",") if m.strip())
+    if not models:
+        raise ValueError("RESNET_MODELS names no model")
+    return ServiceConfig(
+        models=models,
+        precision=_choice("RESNET_PRECISION", "auto", ("auto", "fp32", "fp16", "int8")),
+        device=_choice("RESNET_DEVICE", "auto", ("auto", "cuda", "cpu")),
+        device_id=_int("RESNET_DEVICE_ID", 0, minimum=0),
+        max_batch_size=_int("RESNET_MAX_BATCH_SIZE", 32),
+        max_latency_ms=_int("RESNET_MAX_LATENCY_MS", 1000),
+        batching=_choice("RESNET_BATCHING", "on", ("on", "off")) == "on",
+        api_workers=_int("RESNET_API_WORKERS", cores),
+        engine_threads=_int("RESNET_ENGINE_THREADS", cores),
+        max_image_bytes=_int("RESNET_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+        max_pixels=_int("RESNET_MAX_PIXELS", 40_000_000),
+        max_body_bytes=_int("RESNET_MAX_BODY_BYTES", 32 * 1024 * 1024),
+        max_batch_images=_int("RESNET_MAX_BATCH_IMAGES", 16),
+        max_top_k=_int("RESNET_MAX_TOP_K", 100),
+    )

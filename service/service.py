@@ -1,0 +1,200 @@
+"""The HTTP image-classification service: ``bentoml serve`` (see bentofile.yaml).
+
+Two BentoML Services, as BentoML's "Distributed Services" guide suggests for CPU + accelerator work:
+
+* ``Classifier`` (entry, ``RESNET_API_WORKERS`` processes): HTTP API, validation, image decoding
+  and preprocessing. Each upload is decoded where it arrives, so decoding runs on every core in
+  parallel and a bad upload is refused before it could share a batch with anyone.
+* ``Engine`` (one process): owns one onnxruntime session per served model and exposes one
+  *batchable* API per model, so BentoML's dispatcher forms batches across clients for each model
+  separately. Its APIs take ready float32 tensors.
+
+Configuration: environment variables, all listed in service/config.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from prometheus_client import Histogram
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from service.catalog import ServedModel, resolve_models
+from service.config import load_config
+from service.engine import EngineOptions, OnnxEngine
+from service.errors import REJECTION_STATUS, ClientError
+from service.guard import RequestGuard
+from service.preprocess import DecodeLimits, ImageRejected, PreprocessSpec, preprocess
+
+log = logging.getLogger("service")
+CONFIG = load_config()
+SERVED: list[ServedModel] = resolve_models(CONFIG)
+BY_NAME = {m.name: m for m in SERVED}
+TIME_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+BATCH_SIZE = Histogram("resnet_batch_size", "Images per onnxruntime call", ["model"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+INFERENCE_SECONDS = Histogram("resnet_inference_seconds", "onnxruntime time per batch", ["model"],
+                              buckets=TIME_BUCKETS)
+PREPROCESS_SECONDS = Histogram("resnet_preprocess_seconds", "Decode + preprocess time per image", ["model"],
+                               buckets=TIME_BUCKETS)
+
+
+# ---- Engine: one batchable API per model -------------------------------------------------------
+
+class _EngineBase:
+    def __init__(self) -> None:
+        options = EngineOptions(device=CONFIG.device, device_id=CONFIG.device_id,
+                                threads=CONFIG.engine_threads, max_batch_size=CONFIG.max_batch_size)
+        # Checksums are verified here, where the files are loaded: a corrupt file stops start-up.
+        self.served = {m.name: m for m in resolve_models(CONFIG, verify_checksums=True)}
+        self.engines: dict[str, OnnxEngine] = {}
+        for name, served in self.served.items():
+            engine = OnnxEngine(served.onnx_path, options)
+            seconds = engine.warm_up(tuple(served.metadata["input_shape"]))
+            log.info("%s (%s, %s) loaded and warmed in %.2fs", served.tag, served.precision, engine.provider, seconds)
+            self.engines[name] = engine
+
+    def _run(self, name: str, images: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        logits = self.engines[name].infer(np.ascontiguousarray(images, dtype=np.float32))
+        INFERENCE_SECONDS.labels(name).observe(time.perf_counter() - t0)
+        BATCH_SIZE.labels(name).observe(len(images))
+        return logits
+
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        """The provider actually in use for each model (onnxruntime falls back to the CPU silently)."""
+        return {name: {"provider": e.provider, "precision": self.served[name].precision,
+                       "buckets": e.buckets} for name, e in self.engines.items()}
+
+
+def _batchable_infer(name: str):
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        return self._run(name, images)
+
+    infer.__name__ = infer.__qualname__ = BY_NAME[name].api_name
+    return bentoml.api(batchable=CONFIG.batching, batch_dim=0, max_batch_size=CONFIG.max_batch_size,
+                       max_latency_ms=CONFIG.max_latency_ms)(infer)
+
+
+_engine_attrs: dict[str, Any] = {"__module__": __name__}
+for _i, _m in enumerate(SERVED):
+    _engine_attrs[_m.api_name] = _batchable_infer(_m.name)
+    _engine_attrs[f"model_{_i}"] = bentoml.models.BentoModel(_m.tag)  # so `bentoml build` packages it
+Engine = bentoml.service(name="resnet-engine", workers=1, traffic={"timeout": 60})(
+    type("Engine", (_EngineBase,), _engine_attrs))
+
+
+# ---- Classifier: the HTTP API ------------------------------------------------------------------
+
+@bentoml.service(name="resnet-classifier", workers=CONFIG.api_workers, traffic={"timeout": 60})
+class Classifier:
+    engine = bentoml.depends(Engine)
+
+    def __init__(self) -> None:
+        self.specs = {m.name: PreprocessSpec.from_metadata(m.metadata) for m in SERVED}
+        self.limits = DecodeLimits(max_bytes=CONFIG.max_image_bytes, max_pixels=CONFIG.max_pixels)
+
+    @bentoml.api(route="/classify")
+    async def classify(self, image: Path, model: str | None = None, top_k: int = 5) -> dict[str, Any]:
+        """Classifies one image (multipart field ``image``); ``model`` defaults to the first served."""
+        try:
+            served, k = self._check(model, top_k)
+            x = await self._preprocess(served, image)
+            logits = await self._infer(served, x[None])
+            return self._result(served, logits[0], k)
+        except ClientError as e:
+            return e.response()
+
+    @bentoml.api(route="/classify_batch")
+    async def classify_batch(self, images: list[Path], model: str | None = None, top_k: int = 5) -> dict[str, Any]:
+        """Classifies several images (multipart field ``images``, repeated): one result per image, in order."""
+        try:
+            served, k = self._check(model, top_k)
+            if not images:
+                raise ClientError(400, "no_images", "field 'images' holds no file")
+            if len(images) > CONFIG.max_batch_images:
+                raise ClientError(413, "too_many_images",
+                                  f"{len(images)} images; at most {CONFIG.max_batch_images} per request")
+            tensors = []
+            for i, path in enumerate(images):
+                try:
+                    tensors.append(await self._preprocess(served, path))
+                except ClientError as e:
+                    raise ClientError(e.status, e.code, f"image {i}: {e.message}") from None
+            logits = await self._infer(served, np.stack(tensors))
+            results = [self._result(served, row, k) for row in logits]
+            return {"model": served.name, "trained": served.metadata["trained"],
+                    "results": [{"predictions": r["predictions"]} for r in results]}
+        except ClientError as e:
+            return e.response()
+
+    @bentoml.api(route="/models")
+    async def models(self) -> dict[str, Any]:
+        """Every served model: depth, dataset, classes, input size, precision, provider, accuracy, batching."""
+        return await self._describe()
+
+    async def _describe(self) -> dict[str, Any]:
+        runtime = await self.engine.to_async.describe()
+        out = []
+        for m in SERVED:
+            meta = m.metadata
+            out.append({
+                "name": m.name, "tag": m.tag, "model": meta["model"], "depth": meta["depth"],
+                "dataset": meta["dataset"], "num_classes": meta["num_classes"], "class_names": meta["class_names"],
+                "input_shape": meta["input_shape"], "channel_mode": meta["channel_mode"],
+                "precision": m.precision, "provider": runtime[m.name]["provider"],
+                "trained": meta["trained"], "test_accuracy": meta.get("test_accuracy"),
+                "default": m.name == CONFIG.default_model,
+                "batching": {"enabled": CONFIG.batching, "max_batch_size": CONFIG.max_batch_size,
+                             "max_latency_ms": CONFIG.max_latency_ms},
+            })
+        return {"models": out}
+
+    # -- helpers --
+    def _check(self, model: str | None, top_k: int) -> tuple[ServedModel, int]:
+        name = model or CONFIG.default_model
+        served = BY_NAME.get(name)
+        if served is None:
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            raise ClientError(404, "unknown_model", f"unknown model {shown!r}; served: {', '.join(BY_NAME)}")
+        limit = min(CONFIG.max_top_k, served.metadata["num_classes"])
+        if not 1 <= top_k <= limit:
+            raise ClientError(400, "bad_top_k", f"top_k must be between 1 and {limit}, got {top_k}")
+        return served, top_k
+
+    async def _preprocess(self, served: ServedModel, path: Path) -> np.ndarray:
+        size = path.stat().st_size
+        if size > CONFIG.max_image_bytes:  # refuse before reading it into memory
+            raise ClientError(413, "too_large", f"image is {size} bytes; the limit is {CONFIG.max_image_bytes}")
+        t0 = time.perf_counter()
+        try:
+            # In a thread: decoding must not block this worker's event loop (other clients' requests).
+            x = await asyncio.to_thread(lambda: preprocess(path.read_bytes(), self.specs[served.name], self.limits))
+        except ImageRejected as e:
+            raise ClientError(REJECTION_STATUS.get(e.code, 400), e.code, e.message) from None
+        PREPROCESS_SECONDS.labels(served.name).observe(time.perf_counter() - t0)
+        return x
+
+    async def _infer(self, served: ServedModel, x: np.ndarray) -> np.ndarray:
+        return await getattr(self.engine.to_async, served.api_name)(x)
+
+    @staticmethod
+    def _result(served: ServedModel, logits: np.ndarray, k: int) -> dict[str, Any]:
+        z = logits.astype(np.float64) - logits.max()
+        probs = np.exp(z) / np.exp(z).sum()
+        order = np.argsort(-probs, kind="stable")[:k]
+        names = served.metadata["class_names"]
+        return {"model": served.name, "trained": served.metadata["trained"],
+                "predictions": [{"label": names[i], "class_index": int(i), "probability": float(probs[i])}
+                                for i in order]}
+
+
+Classifier.add_asgi_middleware(RequestGuard, max_body_bytes=CONFIG.max_body_bytes, max_files=CONFIG.max_batch_images)
