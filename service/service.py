@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import bentoml
 import numpy as np
 from prometheus_client import Histogram
@@ -184,7 +185,14 @@ class Classifier:
         return x
 
     async def _infer(self, served: ServedModel, x: np.ndarray) -> np.ndarray:
-        return await getattr(self.engine.to_async, served.api_name)(x)
+        call = getattr(self.engine.to_async, served.api_name)
+        try:
+            return await call(x)
+        except aiohttp.ServerDisconnectedError:
+            # The engine's HTTP server closed a keep-alive connection just as this worker reused it;
+            # inference is idempotent, so one retry on a fresh connection is safe.
+            log.info("engine connection was closed under us; retrying once")
+            return await call(x)
 
     @staticmethod
     def _result(served: ServedModel, logits: np.ndarray, k: int) -> dict[str, Any]:
