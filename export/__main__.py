@@ -30,8 +30,9 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--precision", default="fp32", help=f"comma-separated, from {','.join(PRECISIONS)}")
     p.add_argument("--out", type=Path, default=Path("artifacts/export"), help="folder for the .onnx/.json files")
     p.add_argument("--register", action="store_true", help="add the verified files to the BentoML model store")
-    p.add_argument("--no-merge", dest="merge_projections", action="store_false",
-                   help="keep projection shortcuts as separate convs (folded all the same)")
+    p.add_argument("--merge-projections", action=argparse.BooleanOptionalAction, default=False,
+                   help="merge 1x1 projection shortcuts into the parallel branch conv (default: off, "
+                        "measured slower on this CPU: reports/export-bench); BatchNorm is folded either way")
     args = p.parse_args(argv)
     cfg = ExportConfig(
         model=args.model, checkpoint=args.checkpoint, torchvision_weights=args.torchvision_weights,

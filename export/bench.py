@@ -1,8 +1,13 @@
 """Latency of each ResNet in five forms, measured side by side in one run on this machine's CPU.
 
 For every model and batch size the five variants run interleaved, round-robin: one iteration of
-each in turn, then again, so a noisy neighbour or a clock change hits all of them alike. Each
-round starts one variant later than the one before, so no variant always follows the same one.
+each in turn, then again, so a noisy neighbour or a clock change hits all of them alike. The order
+within a round follows a Williams design (``balanced_orders``): over every 10 rounds each variant
+directly follows each other variant equally often. That matters on a small machine: a call that
+comes right after the other runtime's shares the cores for a moment with that runtime's
+idle-spinning threads (in one run on 2 cores, resnet20's onnxruntime calls at batch 1 took 25-50%
+longer interleaved with PyTorch than among themselves), so a fixed or merely rotated order would charge
+that cost to the same variants every time.
 
     python -m export.bench                  # resnet18/34/50/101/152 + resnet20, batches 1 and 8
     python -m export.bench --models resnet18,resnet20 --batches 1 --repeats 5 --out /tmp/bench-smoke
@@ -49,10 +54,15 @@ VARIANTS = {
 }
 DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20")
 DEFAULT_BATCHES = (1, 8)
-# Sized so the default run takes ~8 minutes on 2 cores, of which ~5 are export and int8
-# calibration (fixed costs); see the module's smoke-run notes in reports/export-bench.
-DEFAULT_REPEATS = 15
-DEFAULT_WARMUP = 3
+# On a quiet 2-core AMD EPYC, the default run's fixed cost is ~7.5 minutes (int8 calibration takes
+# ~12 s per GFLOP of the model: ~2.3 minutes for resnet152; exports ~1 minute) and each round of all
+# models at batches 1 and 8 ~14 s, so 10 rounds (one full cycle of ``balanced_orders``) end near
+# 10-11 minutes. More repeats: ~2.3 minutes per 10.
+DEFAULT_REPEATS = 10
+DEFAULT_WARMUP = 2  # on top of one untimed call of each variant for the output check
+# Small models need more warm-up than a round count gives: on this VM resnet20's calls ran up to 10x
+# slower through the first ~0.2 s of steady work, however few rounds that was.
+WARMUP_MIN_SECONDS = 1.0
 CALIBRATION_IMAGES = 512  # as export.pipeline: Fashion-MNIST training images
 CHECKPOINTS = {"resnet20": Path(__file__).resolve().parents[1] / "models/checkpoints/resnet20-fmnist"}
 # After Run() returns, onnxruntime's workers would otherwise keep spinning for a while and take the
@@ -162,20 +172,40 @@ def _rel_diff(out: Any, ref: np.ndarray) -> float:
     return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` items in which each item directly follows each other one equally often
+    (a Williams design: ``n`` orders for even ``n``, ``2n`` for odd ``n``)."""
+    first, low, high = [0], 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    orders = [[(i + shift) % n for i in first] for shift in range(n)]
+    return orders + [o[::-1] for o in orders] if n % 2 else orders
+
+
 def time_interleaved(runners: dict[str, Runner], x: np.ndarray, repeats: int, warmup: int,
                      progress: tqdm | None = None) -> dict[str, list[float]]:
-    """Per-iteration seconds of each runner on ``x``: ``warmup`` untimed rounds, then ``repeats``
-    timed rounds; every round calls each runner once, starting one runner later each round."""
+    """Per-iteration seconds of each runner on ``x``: untimed warm-up rounds (at least ``warmup``
+    and at least ``WARMUP_MIN_SECONDS``), then ``repeats`` timed rounds; every round calls each
+    runner once, in the next of ``balanced_orders``."""
     keys = list(runners)
+    orders = balanced_orders(len(keys))
     samples: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(warmup + repeats):
-        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+    warm_until, r, timed = time.perf_counter() + WARMUP_MIN_SECONDS, 0, 0
+    while timed < repeats:
+        warming = r < warmup or time.perf_counter() < warm_until
+        for k in (keys[i] for i in orders[r % len(orders)]):
             t0 = time.perf_counter()
             runners[k](x)
             elapsed = time.perf_counter() - t0
-            if r >= warmup:
+            if not warming:
                 samples[k].append(elapsed)
-        if progress is not None:
+        r += 1
+        timed += not warming
+        if progress is not None and (r <= warmup or not warming):
             progress.update()
     return samples
 
@@ -206,18 +236,24 @@ def run_bench(models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = D
     (default: a temporary folder, removed afterwards). ``export.bench_report.write_outputs`` turns
     the result into the report, JSON and plot.
     """
+    models = list(dict.fromkeys(models))
     check_models(models)
     if not batches or min(batches) < 1 or repeats < 1 or warmup < 0:
         raise UserError("need at least one batch size >= 1, --repeats >= 1 and --warmup >= 0")
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    if load_before > 0.5 * threads:
+        log.warning("1-minute load average is %.2f: other work is using the cores, so the timings will be noisy",
+                    load_before)
     results: dict[str, Any] = {
         "machine": machine_info(),
-        "settings": {"threads": threads, "repeats": repeats, "warmup": warmup, "batches": list(batches),
+        "settings": {"threads": threads, "repeats": repeats, "warmup": warmup,
+                     "warmup_min_seconds": WARMUP_MIN_SECONDS, "batches": list(batches),
                      "models": list(models), "calibration_images": CALIBRATION_IMAGES,
                      "ort_graph_optimization": "ORT_ENABLE_ALL", "ort_providers": ["CPUExecutionProvider"],
-                     "ort_config": ORT_CONFIG, "torch_mode": "inference_mode, float32"},
+                     "ort_config": ORT_CONFIG, "torch_mode": "inference_mode, float32",
+                     "orders": [[list(VARIANTS)[i] for i in o] for o in balanced_orders(len(VARIANTS))]},
         "variants": VARIANTS,
         "models": {},
     }
@@ -243,6 +279,7 @@ def run_bench(models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = D
             del runners
         bar.close()
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["load_before"], results["load_after"] = load_before, os.getloadavg()[0]
     return results
 
 
@@ -260,7 +297,7 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
@@ -274,9 +311,10 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help="comma-separated: ImageNet names (untrained weights) and/or resnet20 (checkpoint)")
     p.add_argument("--batches", type=_int_list, default=list(DEFAULT_BATCHES), help="comma-separated batch sizes")
-    p.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS, help="timed rounds per model and batch")
-    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed rounds before them")
-    p.add_argument("--threads", type=_positive, default=os.cpu_count(),
+    p.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS, help="timed rounds per model and batch")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                   help=f"untimed rounds before them (at least; and at least {WARMUP_MIN_SECONDS:g} s)")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count(),
                    help="torch and onnxruntime intra-op threads (default: os.cpu_count())")
     p.add_argument("--out", type=Path, default=Path("reports/export-bench"), help="folder for the report")
     args = p.parse_args(argv)

@@ -18,6 +18,7 @@ PLOT_FILE, REPORT_FILE, RESULTS_FILE = "latency_vs_depth.png", "report.md", "res
 ORT_VS_EAGER_TARGET = 2.0  # onnxruntime fp32 (merged) vs PyTorch eager, batch 1, every ImageNet depth
 INT8_TARGET = 1.5  # int8 vs onnxruntime fp32 (merged), batch 8, every model
 INT8_TARGET_BATCH, ORT_TARGET_BATCH = 8, 1
+BUSY_LOAD_PER_CORE = 0.5  # 1-minute load average per core above which the report flags the run
 TIE_BAND = 0.02  # a merged/unmerged geometric mean this close to 1 is reported as a near-tie
 
 
@@ -58,8 +59,14 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def busy(results: dict[str, Any]) -> bool:
+    """Whether other work held a noticeable share of the cores when the run began. (The load at
+    the end counts the run's own threads, so it cannot tell.)"""
+    return results["load_before"] > BUSY_LOAD_PER_CORE * results["machine"]["cpu_count"]
+
+
 def _ms(v: float) -> str:
-    return f"{v:.2f}" if v < 100 else f"{v:.1f}"
+    return f"{v:.2f}" if v < 100 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
 
 
 def _x(r: float | None) -> str:
@@ -91,8 +98,8 @@ def _target_lines(t: dict[str, Any]) -> list[str]:
     lines = [
         f"- **onnxruntime fp32 ≥ {a['threshold']:g}× PyTorch eager at batch {ORT_TARGET_BATCH} for every ImageNet "
         f"depth: {a['status']}** (ORT fp32 merged vs eager: {listed(a['ratios'])})",
-        f"- **int8 ≥ {b['threshold']:g}× onnxruntime fp32 at batch {INT8_TARGET_BATCH}, every model: {b['status']}** "
-        f"(int8 vs ORT fp32 merged: {listed(b['ratios'])})",
+        f"- **int8 ≥ {b['threshold']:g}× onnxruntime fp32 at batch {INT8_TARGET_BATCH}, every model: "
+        f"{b['status']}** (int8 vs ORT fp32 merged: {listed(b['ratios'])})",
     ]
     if m["faster"] is None:
         return lines + ["- **merged vs unmerged: not measured**"]
@@ -135,12 +142,18 @@ def render_report(results: dict[str, Any], t: dict[str, Any]) -> str:
         "BatchNorm statistics, 3×224×224: latency as a trained model's, accuracy meaningless); resnet20 is the "
         "committed checkpoint `models/checkpoints/resnet20-fmnist` (1×28×28).",
         "- Inputs: the first images of the Fashion-MNIST test set, resized and repeated over RGB for ImageNet shapes.",
-        f"- Timing: for each model and batch size, {s['warmup']} untimed warm-up rounds, then {s['repeats']} timed "
-        "rounds. A round runs one iteration of each variant in turn (interleaved round-robin, each round starting "
-        "one variant later), so machine noise hits all variants alike. `time.perf_counter()` around each call; "
-        "cells show **median (p90)** of the timed rounds. Ratios are ratios of medians; "
-        "raw per-round samples are in `results.json`.",
-        f"- Whole run: {results['wall_seconds']:.0f} s, including export and int8 calibration.", "",
+        f"- Timing: for each model and batch size, one untimed call of each variant (the output check below) and "
+        f"untimed warm-up rounds (at least {s['warmup']}, and at least {s['warmup_min_seconds']:g} s), then "
+        f"{s['repeats']} timed rounds. A round runs one iteration of each variant in turn (interleaved "
+        "round-robin), so machine noise hits all variants alike; successive rounds take the next of "
+        f"{len(s['orders'])} orders (a Williams design: each variant directly follows each other one equally "
+        "often, so the brief contention left by the previous call's runtime is spread evenly). "
+        "`time.perf_counter()` around each call; cells show **median (p90)** of the timed rounds. Ratios are "
+        "ratios of medians; raw per-round samples are in `results.json`.",
+        f"- Whole run: {results['wall_seconds']:.0f} s, including export and int8 calibration. "
+        f"1-minute load average just before: {results['load_before']:.2f} on {mach['cpu_count']} cores (at the "
+        f"end {results['load_after']:.2f}, the run's own threads included)"
+        + (" — **the machine was busy; treat these numbers with care**" if busy(results) else "") + ".", "",
     ]
     for batch in s["batches"]:
         out += [f"## Batch {batch}", "", *_batch_table(results, batch), ""]
@@ -159,41 +172,53 @@ def render_report(results: dict[str, Any], t: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Median latency against depth, one panel per batch size, one line per variant, log y."""
+    """Median latency against depth, one panel per batch size, one line per variant, log y.
+
+    ImageNet models (3x224x224) form the lines; a model of another family and input size
+    (resnet20, 1x28x28) is drawn as hollow squares of the same colours, off the lines.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    batches = results["settings"]["batches"]
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.8), squeeze=False, sharey=True)
-    models = results["models"]
+    batches, models = results["settings"]["batches"], results["models"]
     imagenet = sorted((m["depth"], n) for n, m in models.items() if m["family"] == "imagenet")
-    others = [(m["depth"], n) for n, m in models.items() if m["family"] != "imagenet"]
+    others = sorted((m["depth"], n) for n, m in models.items() if m["family"] != "imagenet")
     colors = dict(zip(VARIANTS, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(7.0, 5.5 * len(batches)), 5), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax, batch in zip(axes[0], batches):
-        for key, label in VARIANTS.items():
-            pts = [(d, models[n]["batches"][str(batch)]["median_ms"][key]) for d, n in imagenet]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", color=colors[key], label=label)
-            for d, n in others:  # another family and input size: a point of its own, not on the line
-                ax.plot(d, models[n]["batches"][str(batch)]["median_ms"][key], marker="s", mfc="none",
-                        color=colors[key], linestyle="none")
+        def median(name: str, key: str) -> float:
+            return models[name]["batches"][str(batch)]["median_ms"][key]
+
+        for key in VARIANTS:
+            if imagenet:
+                ax.plot([d for d, _ in imagenet], [median(n, key) for _, n in imagenet], marker="o",
+                        color=colors[key])
+            for d, n in others:
+                ax.plot(d, median(n, key), marker="s", mfc="none", color=colors[key], linestyle="none")
         for d, n in others:
-            top = max(models[n]["batches"][str(batch)]["median_ms"].values())
-            ax.annotate(f"{n}, {'×'.join(map(str, models[n]['input_shape']))}", (d, top), xytext=(0, 8),
-                        textcoords="offset points", fontsize=8, color="0.3", ha="center")
+            ax.annotate(n, (d, max(median(n, k) for k in VARIANTS)), xytext=(0, 6), textcoords="offset points",
+                        fontsize=8, color="0.3", ha="center")
         ax.set_yscale("log")
-        ax.set_xticks(sorted({d for d, _ in imagenet + others}))
+        ax.margins(x=0.08)
+        ax.set_xticks([d for d, _ in imagenet] or [d for d, _ in others])
         ax.set_xlabel("depth (layers)")
-        ax.set_title(f"batch {batch}" + (" (ImageNet models 3×224×224: lines)" if imagenet else ""), fontsize=10)
+        ax.set_title(f"batch {batch}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("median latency per batch (ms, log)")
-    axes[0][0].legend(fontsize=8, loc="upper left")
+    axes[0][0].set_ylabel("median latency per batch (ms, log scale)")
+    handles = [Line2D([], [], color=colors[k], marker="o", label=label) for k, label in VARIANTS.items()]
+    if imagenet and others:
+        shapes = ", ".join(f"{n} {'×'.join(map(str, models[n]['input_shape']))}" for _, n in others)
+        handles += [Line2D([], [], color="0.3", marker="o", label="ImageNet models, 3×224×224"),
+                    Line2D([], [], color="0.3", marker="s", mfc="none", linestyle="none", label=shapes)]
+    ncol = min(len(handles), 3 if len(batches) == 1 else 7)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
     s, mach = results["settings"], results["machine"]
     fig.suptitle(f"{mach['cpu_model']}, {s['threads']} threads: median of {s['repeats']} interleaved rounds",
                  fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

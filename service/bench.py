@@ -14,7 +14,7 @@
    formed come from ``/metrics`` deltas of ``resnet_batch_size`` (BentoML aggregates every worker
    process's metrics there, the engine's included).
 
-The load generator (``service.bench_load``) runs in this process, on the same cores as the
+The load generator (``loadtests.http_load``) runs in this process, on the same cores as the
 service: its CPU share is reported with the results. Writes ``report.md``, ``results.json`` and
 ``service_bench.png`` to ``--out`` (see ``service.bench_report``). The service serves ``--model``
 alone (``RESNET_MODELS``); every other ``RESNET_*`` setting is taken from the environment and recorded.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import io
 import json
 import logging
@@ -46,7 +47,7 @@ from models.cli import run_cli
 from models.data import load_fashion_mnist
 from models.default import DEFAULT_MODEL_NAME
 from models.errors import UserError
-from service.bench_load import ServeProcess, background_busy, drive, multipart, scrape
+from loadtests.http_load import ServeProcess, background_busy, drive, multipart, scrape
 from service.bench_report import targets
 from service.catalog import ModelUnavailable, ServedModel, resolve_models
 from service.config import ServiceConfig, load_config
@@ -118,7 +119,8 @@ def measure_engine(served: ServedModel, config: ServiceConfig, tensors: np.ndarr
                                       "p50_ms": 1000 * float(np.median(samples))}
         if bar is not None:
             bar.update()
-    del engine  # its threads would otherwise compete with the service's
+    del engine
+    gc.collect()  # the session and its threads go now, not during the service runs
     return out
 
 
@@ -201,6 +203,9 @@ def run_bench(model: str = DEFAULT_MODEL_NAME, duration: float = 15.0, clients: 
         raise UserError("need --duration > 0, --warmup >= 0, --engine-seconds > 0, --images >= 1, clients >= 1")
     if "BENTOML_HOME" not in os.environ:
         log.warning("BENTOML_HOME is not set: using BentoML's default store (~/bentoml)")
+    for name in ("RESNET_MODELS", "RESNET_BATCHING"):
+        if os.environ.get(name):
+            log.warning("%s=%s from the environment is ignored: the bench sets it", name, os.environ[name])
     base_env = {**os.environ, "RESNET_MODELS": model}
     envs = {mode: {**base_env, **extra} for mode, extra in MODES.items()}
     config = service_config(envs["batching on"])

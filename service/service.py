@@ -95,11 +95,23 @@ Engine = bentoml.service(name="resnet-engine", workers=1, traffic={"timeout": 60
 
 # ---- Classifier: the HTTP API ------------------------------------------------------------------
 
+def _keep_connections_open(engine: Any) -> None:
+    """BentoML 1.4.40's client to a dependency closes and replaces its aiohttp session every 100
+    requests (or 300 s) even while other requests are still using it, which fails those requests
+    ("Server disconnected", "Cannot write to closing transport") under concurrency. It has no
+    setting for this, so lift both limits on the session managers of this worker's client."""
+    for client in (getattr(engine, "to_async", None), getattr(engine, "to_sync", None)):
+        manager = getattr(client, "_session_manager", None)
+        if manager is not None and hasattr(manager, "max_requests"):
+            manager.max_requests, manager.max_age = 2**62, float("inf")
+
+
 @bentoml.service(name="resnet-classifier", workers=CONFIG.api_workers, traffic={"timeout": 60})
 class Classifier:
     engine = bentoml.depends(Engine)
 
     def __init__(self) -> None:
+        _keep_connections_open(self.engine)
         self.specs = {m.name: PreprocessSpec.from_metadata(m.metadata) for m in SERVED}
         self.limits = DecodeLimits(max_bytes=CONFIG.max_image_bytes, max_pixels=CONFIG.max_pixels)
 

@@ -37,7 +37,8 @@ def test_files_and_metadata(resnet20_export):
         assert inside["depth"] == 20 and inside["trained"] is True and inside["test_accuracy"] == 94.55
         assert inside["class_names"][9] == "Ankle boot" and inside["input_shape"] == [1, 28, 28]
         assert inside["channel_mode"] == "L" and len(inside["mean"]) == 1
-        assert inside["folding"]["convs_before"] == 21 and inside["folding"]["convs_after"] == 19
+        assert inside["folding"]["convs_before"] == 21 and inside["folding"]["convs_after"] == 21
+        assert inside["folding"]["merge_projections"] is False and inside["folding"]["batchnorms_after"] == 0
         assert len(inside["source"]["sha256"]) == 64 and inside["opset"] >= 17
 
 
@@ -123,7 +124,7 @@ def test_torchvision_state_dict_loads_and_exports(tmp_path):
     meta = result.metadata["fp32"]
     assert meta["name"] == "resnet18-imagenet" and meta["trained"] is True and meta["num_classes"] == 1000
     assert meta["class_names"][0] == "tench" and meta["resize"] == 256 and meta["channel_mode"] == "RGB"
-    assert meta["source"]["kind"] == "torchvision-weights" and meta["folding"]["convs_after"] == 17
+    assert meta["source"]["kind"] == "torchvision-weights" and meta["folding"]["convs_after"] == 20
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -175,3 +176,11 @@ def test_default_model_is_idempotent(default_checkpoint, caplog):
     first = ensure_default_model()
     assert ensure_default_model() == first
     assert "already in the BentoML store" in caplog.text
+
+
+def test_merged_projections_export_verifies(tmp_path, default_checkpoint):
+    result = export_model(ExportConfig(checkpoint=default_checkpoint, out=tmp_path, merge_projections=True))
+    meta = result.metadata["fp32"]
+    assert meta["folding"]["convs_after"] == 19 and meta["folding"]["merged_projections"] == 2
+    assert meta["verification"]["rel_error_real"] <= 1e-5
+    assert op_counts(result.files["fp32"])["Conv"] == 19

@@ -1,0 +1,3 @@
+"""Load generation against the HTTP service. ``http_load``: a managed ``bentoml serve`` subprocess and
+closed-loop HTTP clients, used by ``python -m service.bench``. (The Locust latency-by-depth runs are
+not written yet.)"""
