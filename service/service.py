@@ -33,7 +33,7 @@ from service.errors import REJECTION_STATUS, ClientError
 from service.guard import RequestGuard
 from service.preprocess import DecodeLimits, ImageRejected, PreprocessSpec, preprocess
 
-log = logging.getLogger("service")
+log = logging.getLogger("bentoml.resnet_serving")  # under "bentoml": shown by bentoml serve
 CONFIG = load_config()
 SERVED: list[ServedModel] = resolve_models(CONFIG)
 BY_NAME = {m.name: m for m in SERVED}
