@@ -39,7 +39,7 @@ from export.fold import fold_model, fold_report
 from export.onnx_io import INPUT_NAME, OUTPUT_NAME, export_fp32, quantize_int8
 from export.sources import Source, from_checkpoint, untrained
 from export.verify import real_images
-from models.cli import run_cli
+from models.cli import int_list, run_cli
 from models.errors import UserError
 from models.registry import get_spec
 
@@ -287,16 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, argv)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -310,7 +300,7 @@ def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help="comma-separated: ImageNet names (untrained weights) and/or resnet20 (checkpoint)")
-    p.add_argument("--batches", type=_int_list, default=list(DEFAULT_BATCHES), help="comma-separated batch sizes")
+    p.add_argument("--batches", type=int_list, default=list(DEFAULT_BATCHES), help="comma-separated batch sizes")
     p.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS, help="timed rounds per model and batch")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                    help=f"untimed rounds before them (at least; and at least {WARMUP_MIN_SECONDS:g} s)")

@@ -1,6 +1,7 @@
 """The shared shell of every ``python -m`` command: logging set-up and one-line errors."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -19,3 +20,14 @@ def run_cli(job: Callable[[Sequence[str] | None], int | None], argv: Sequence[st
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type for flags like ``--batches 1,8``: comma-separated integers, each >= 1."""
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values

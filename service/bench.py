@@ -43,7 +43,7 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from models.cli import run_cli
+from models.cli import int_list, run_cli
 from models.data import load_fashion_mnist
 from models.default import DEFAULT_MODEL_NAME
 from models.errors import UserError
@@ -255,16 +255,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, argv)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -281,7 +271,7 @@ def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL_NAME, help="served name in the BentoML store (BENTOML_HOME)")
     p.add_argument("--duration", type=_positive, default=15.0, help="measured seconds per client count and mode")
-    p.add_argument("--clients", type=_int_list, default=[1, 16], help="comma-separated closed-loop client counts")
+    p.add_argument("--clients", type=int_list, default=[1, 16], help="comma-separated closed-loop client counts")
     p.add_argument("--warmup", type=float, default=2.0, help="unrecorded seconds of the same load before each")
     p.add_argument("--engine-seconds", type=_positive, default=2.0, help="engine-only seconds per batch size")
     p.add_argument("--images", type=int, default=256, help="Fashion-MNIST test images the clients cycle through")
