@@ -40,6 +40,7 @@ from export.onnx_io import INPUT_NAME, OUTPUT_NAME, export_fp32, quantize_int8
 from export.sources import Source, from_checkpoint, untrained
 from export.verify import real_images
 from models.cli import int_list, run_cli
+from models.files import ensure_writable_dir
 from models.errors import UserError
 from models.registry import get_spec
 
@@ -310,12 +311,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = p.parse_args(argv)
     models = [s.strip() for s in args.models.split(",") if s.strip()]
     check_models(models)
-    try:  # before minutes of measuring, not after
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {args.out}: {e.strerror}") from None
-    if not os.access(args.out, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {args.out} is not writable")
+    ensure_writable_dir(args.out)  # before minutes of measuring, not after
     results = run_bench(models, args.batches, args.repeats, args.warmup, args.threads)
     for path in write_outputs(results, args.out):
         log.info("wrote %s", path)

@@ -27,10 +27,10 @@ from tqdm import tqdm
 
 from export.fold import fold_model, fold_report
 from export.onnx_io import OPSET, convert_fp16, embed_metadata, export_fp32, quantize_int8
-from export.sources import Source, load_source
+from export.sources import load_source
 from export.store import register
 from export.verify import random_inputs, real_images, reference_logits, verify_float, verify_int8
-from models.files import sha256_file
+from models.files import ensure_writable_dir, sha256_file
 from models.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -61,21 +61,12 @@ class ExportResult:
     tag: str | None
 
 
-def _check_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {out} is not writable")
-
-
 def export_model(cfg: ExportConfig) -> ExportResult:
     unknown = [p for p in cfg.precisions if p not in PRECISIONS]
     if unknown or not cfg.precisions:
         raise UserError(f"unknown precision {', '.join(unknown) or '(none)'}; choose from {', '.join(PRECISIONS)}")
     out = Path(cfg.out)
-    _check_out_dir(out)
+    ensure_writable_dir(out)
     source = load_source(cfg.model, cfg.checkpoint, cfg.torchvision_weights)
     meta = source.metadata
     name = meta["name"]

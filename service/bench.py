@@ -44,6 +44,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.cli import int_list, run_cli
+from models.files import ensure_writable_dir
 from models.data import load_fashion_mnist
 from models.default import DEFAULT_MODEL_NAME
 from models.errors import UserError
@@ -277,12 +278,7 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--images", type=int, default=256, help="Fashion-MNIST test images the clients cycle through")
     p.add_argument("--out", type=Path, default=Path("reports/service-bench"), help="folder for the report")
     args = p.parse_args(argv)
-    try:  # before minutes of measuring, not after
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {args.out}: {e.strerror}") from None
-    if not os.access(args.out, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {args.out} is not writable")
+    ensure_writable_dir(args.out)  # before minutes of measuring, not after
     results = run_bench(args.model, args.duration, args.clients, args.warmup, args.engine_seconds, args.images)
     for path in write_outputs(results, args.out):
         log.info("wrote %s", path)

@@ -179,8 +179,8 @@ def render_report(results: dict[str, Any]) -> str:
         + ", ".join(f"{m}: {d['served'].get('provider', '?')}" for m, d in results["service"].items()), "",
         "## Settings", "",
         f"- model `{s['tag']}`, precision {s['precision']} (`{s['onnx_file']}`), top_k {s['top_k']} (the default)",
-        f"- service config (`service.config`, shared by engine-only and both service runs; only "
-        f"`RESNET_BATCHING` differs): " + ", ".join(f"{k}={val}" for k, val in cfg.items()),
+        "- service config (`service.config`, shared by engine-only and both service runs; only "
+        "`RESNET_BATCHING` differs): " + ", ".join(f"{k}={val}" for k, val in cfg.items()),
         f"- per client count and mode: {s['warmup_s']:g} s warm-up (same load, not recorded), then "
         f"{s['duration_s']:g} s measured; clients {', '.join(map(str, s['clients']))}",
         f"- engine-only: {s['engine_seconds']:g} s per batch size; {s['images']} Fashion-MNIST test images as PNG "

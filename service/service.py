@@ -23,8 +23,6 @@ import aiohttp
 import bentoml
 import numpy as np
 from prometheus_client import Histogram
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from service.catalog import ServedModel, resolve_models
 from service.config import load_config
