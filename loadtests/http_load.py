@@ -49,17 +49,20 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """``bentoml serve service.service:Classifier`` in its own process group; ``stop`` ends all of it."""
+    """``bentoml serve <target>`` (the service, or a built Bento's tag) on a free loopback port, in its
+    own process group; ``stop`` ends all of it."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str,
+                 target: str = "service.service:Classifier", cwd: Path = REPO_ROOT) -> None:
         self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).parent / "bentoml"
         cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "bentoml"]
         self.log_path = log_dir / f"serve-{name.replace(' ', '-')}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [*cmd, "serve", "service.service:Classifier", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [*cmd, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
         t0 = time.monotonic()

@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from loadtests.http_load import ServeProcess
 from models.data import load_fashion_mnist
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,50 +59,7 @@ def bad_uploads() -> dict[str, tuple[bytes, int]]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``bentoml serve`` in a subprocess on a free loopback port, stopped when the test ends."""
-
-    def __init__(self, target: str = "service.service:Classifier", env: dict[str, str] | None = None,
-                 cwd: Path = REPO_ROOT) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        bentoml = Path(sys.executable).parent / "bentoml"
-        self.log = open(Path(os.environ["BENTOML_HOME"]) / f"serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-                                     cwd=cwd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited: {self.read_log()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"not ready after {timeout}s: {self.read_log()[-3000:]}")
-
-    def read_log(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+def start_server(target: str = "service.service:Classifier", cwd: Path = REPO_ROOT) -> ServeProcess:
+    """``bentoml serve`` in a subprocess on a free loopback port, logging into the tests' store."""
+    home = Path(os.environ["BENTOML_HOME"])
+    return ServeProcess(dict(os.environ), home, f"{target.replace(':', '-')}-{time.monotonic_ns()}", target, cwd)

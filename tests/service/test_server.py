@@ -11,14 +11,14 @@ import pytest
 
 from service.engine import EngineOptions, OnnxEngine
 from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
-from tests.service.conftest import REPO_ROOT, Server, bad_uploads, encode
+from tests.service.conftest import REPO_ROOT, bad_uploads, encode, start_server
 
 pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
 def server(default_model_tag):
-    srv = Server()
+    srv = start_server()
     try:
         srv.wait_ready()
         yield srv
@@ -39,7 +39,7 @@ def test_http_accuracy_equals_offline_accuracy(server, fmnist_test, default_mode
     with ThreadPoolExecutor(8) as pool:  # concurrent, so the service forms real batches
         responses = list(pool.map(lambda b: classify(server.url, b, top_k="1"), uploads))
     failed = [(r.status_code, r.text) for r in responses if r.status_code != 200]
-    assert not failed, (len(failed), failed[:3], server.read_log()[-3000:])
+    assert not failed, (len(failed), failed[:3], server.log_tail(3000))
     served = np.array([r.json()["predictions"][0]["class_index"] for r in responses])
 
     # Offline: the same ONNX file and the same preprocessing of the same bytes, one image at a time.
@@ -104,7 +104,7 @@ def test_bentoml_build_and_serve_the_bento(default_model_tag, fmnist_test):
     text = dockerfile.read_text()
     assert "nvidia/cuda" in text and "cudnn" in text
     assert {m.tag.name for m in bento.info.all_models} >= {"resnet20-fmnist"}
-    srv = Server(target=tag, cwd=Path("/tmp"))
+    srv = start_server(target=tag, cwd=Path("/tmp"))
     try:
         srv.wait_ready()
         images, labels = fmnist_test
