@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: bootstrap venv dataset default-model serve test clean
+.PHONY: bootstrap venv dataset default-model serve test sweep sweep-fmnist clean
 
 bootstrap: venv dataset
 
@@ -46,6 +46,14 @@ serve: default-model
 
 test: bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Latency and throughput by depth (README, "Load tests"); each writes reports/latency-by-depth/<timestamp>/.
+SWEEP_ARGS ?=
+sweep: bootstrap
+	$(PY) -m loadtests.sweep --models resnet18,resnet34,resnet50,resnet101,resnet152 --users 1,8,32 --duration 30s $(SWEEP_ARGS)
+
+sweep-fmnist: bootstrap
+	$(PY) -m loadtests.sweep --models fmnist --users 1,8,32 --duration 30s $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

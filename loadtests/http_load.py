@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from loadtests.corpus import BOUNDARY, multipart_body
 from models.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BOUNDARY = "svc-bench-7d2f0c"
 READY_TIMEOUT_S = 180  # start-up includes onnxruntime warm-up (cuDNN's algorithm search on CUDA)
 TRACE = re.compile(r"trace=(\w+)")  # in BentoML's access log lines
 METRICS = ("resnet_batch_size", "resnet_inference_seconds", "resnet_preprocess_seconds")
@@ -32,9 +32,7 @@ METRICS = ("resnet_batch_size", "resnet_inference_seconds", "resnet_preprocess_s
 
 def multipart(png: bytes) -> bytes:
     """A /classify request body: the image alone, in field ``image`` (so the default model, top 5)."""
-    head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"image.png\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
-    return head + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return multipart_body(png, "image/png", "image.png", {})
 
 def _percentiles(ms: Sequence[float]) -> dict[str, float | None]:
     if not len(ms):
@@ -46,6 +44,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def http_get(host: str, port: int, path: str, https: bool = False) -> tuple[int, bytes]:
+    """(status, body) of one GET on a fresh connection."""
+    conn = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(host, port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 class ServeProcess:
@@ -78,13 +87,7 @@ class ServeProcess:
         raise UserError(f"bentoml serve not ready after {timeout:.0f} s: {self.log_tail()}")
 
     def get(self, path: str) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
+        return http_get("127.0.0.1", self.port, path)
 
     def log_offset(self) -> int:
         self._log.flush()
@@ -173,7 +176,7 @@ def _check_body(body: bytes, model: str, top_k: int) -> int | None:
 
 
 def drive(port: int, bodies: Sequence[bytes], labels: np.ndarray | None, clients: int, seconds: float,
-          model: str, top_k: int, bar: tqdm | None = None) -> dict[str, Any]:
+          model: str, top_k: int, bar: tqdm | None = None, host: str = "127.0.0.1") -> dict[str, Any]:
     """Closed loop: ``clients`` threads, each on one keep-alive connection, each sending its next
     request when the previous one returns, until ``seconds`` have passed (the requests in flight
     then are completed and counted). Latency is send to last byte, of 200 answers of the right shape."""
@@ -191,7 +194,7 @@ def drive(port: int, bodies: Sequence[bytes], labels: np.ndarray | None, clients
             t0 = time.perf_counter()
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                    conn = http.client.HTTPConnection(host, port, timeout=120)
                 conn.request("POST", "/classify", body=bodies[n], headers=headers)
                 resp = conn.getresponse()
                 status, body = resp.status, resp.read()

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 GRAD_NORMS_FILE = "grad_norms.json"
 # Fields that may differ between a run and its resumption without changing what is trained.
-_RESUMABLE_CHANGES = {"out", "device", "grad_norm_init_batches"}
+RESUMABLE_CHANGES = {"out", "device", "grad_norm_init_batches"}
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _grad_norms(model: nn.Module, names: list[str]) -> torch.Tensor:
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     current = dataclasses.asdict(cfg)
     diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items()
-             if k not in _RESUMABLE_CHANGES and saved.get(k) != v]
+             if k not in RESUMABLE_CHANGES and saved.get(k) != v]
     if diffs:
         raise UserError(f"cannot resume {cfg.out} with different settings ({'; '.join(diffs)})")
 

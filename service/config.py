@@ -16,6 +16,13 @@
 | RESNET_MAX_BODY_BYTES | 33554432 | largest request body (413 above it) |
 | RESNET_MAX_BATCH_IMAGES | 16 | most images in one /classify_batch request |
 | RESNET_MAX_TOP_K | 100 | largest top_k (and never more than the model's classes) |
+| RESNET_CUDA_GRAPHS | off | on = one captured CUDA graph per batch bucket (CUDA provider only; off until measured) |
+| RESNET_PREFER_NHWC | off | on = the CUDA provider's NHWC convolution kernels (`prefer_nhwc`; CUDA only) |
+| RESNET_MAX_INFLIGHT | 24 | classify requests in progress at once in each API worker; more get 503 + Retry-After at once |
+| RESNET_RETRY_AFTER_S | 1 | the Retry-After of every 503 |
+| RESNET_BODY_TIMEOUT_S | 30 | a request body not received in full within this time gets 408 and the connection is closed |
+| RESNET_DRAIN_QUIET_S | 1 | after SIGTERM the engine keeps serving until no request has come for this long ... |
+| RESNET_DRAIN_MAX_S | 30 | ... or for at most this long, then shuts down gracefully |
 """
 from __future__ import annotations
 
@@ -34,6 +41,19 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:  # also refuses nan
         raise ValueError(f"{name}={value} must be at least {minimum}")
     return value
 
@@ -61,6 +81,13 @@ class ServiceConfig:
     max_body_bytes: int
     max_batch_images: int
     max_top_k: int
+    cuda_graphs: bool = False
+    prefer_nhwc: bool = False
+    max_inflight: int = 24
+    retry_after_s: int = 1
+    body_timeout_s: int = 30
+    drain_quiet_s: float = 1.0
+    drain_max_s: float = 30.0
 
     @property
     def default_model(self) -> str:
@@ -87,4 +114,15 @@ def load_config() -> ServiceConfig:
         max_body_bytes=_int("RESNET_MAX_BODY_BYTES", 32 * 1024 * 1024),
         max_batch_images=_int("RESNET_MAX_BATCH_IMAGES", 16),
         max_top_k=_int("RESNET_MAX_TOP_K", 100),
+        cuda_graphs=_choice("RESNET_CUDA_GRAPHS", "off", ("on", "off")) == "on",
+        prefer_nhwc=_choice("RESNET_PREFER_NHWC", "off", ("on", "off")) == "on",
+        # Per worker, not split from a total: connections do not spread evenly over the workers,
+        # and at 70% of saturation this 2-core machine saw bursts of 30-40 requests in flight in
+        # all; 24 each leaves room for those and, under overload, bounds the queue (what
+        # python -m service.overload_bench measures).
+        max_inflight=_int("RESNET_MAX_INFLIGHT", 24),
+        retry_after_s=_int("RESNET_RETRY_AFTER_S", 1),
+        body_timeout_s=_int("RESNET_BODY_TIMEOUT_S", 30),
+        drain_quiet_s=_float("RESNET_DRAIN_QUIET_S", 1.0),
+        drain_max_s=_float("RESNET_DRAIN_MAX_S", 30.0),
     )

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import bisect
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from service.config import ServiceConfig
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
@@ -29,6 +34,28 @@ class EngineOptions:
     device_id: int = 0
     threads: int = 1  # intra-op threads for the CPU provider
     max_batch_size: int = 32
+    # CUDA only (ignored on the CPU provider); off until measured on the GPU (loadtests/gpu).
+    cuda_graphs: bool = False  # one captured CUDA graph per batch bucket, fixed device buffers
+    prefer_nhwc: bool = False  # the CUDA provider's NHWC kernels (provider option prefer_nhwc)
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig) -> EngineOptions:
+        """The engine options that the service's settings (``service/config.py``) ask for."""
+        return cls(device=config.device, device_id=config.device_id, threads=config.engine_threads,
+                   max_batch_size=config.max_batch_size, cuda_graphs=config.cuda_graphs,
+                   prefer_nhwc=config.prefer_nhwc)
+
+
+def cuda_provider_options(device_id: int, prefer_nhwc: bool = False, cuda_graph: bool = False) -> dict[str, Any]:
+    """The CUDA provider's options as the service sets them. ``prefer_nhwc`` and ``enable_cuda_graph``
+    are added only when asked for, so the default is exactly what ran before they existed."""
+    options: dict[str, Any] = {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE",
+                               "do_copy_in_default_stream": True}
+    if prefer_nhwc:
+        options["prefer_nhwc"] = "1"
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return options
 
 
 def bucket_sizes(max_batch: int) -> list[int]:
@@ -52,8 +79,7 @@ class OnnxEngine:
         so.log_severity_level = 3
         providers: list = [CPU]
         if want_cuda:
-            providers = [(CUDA, {"device_id": options.device_id, "cudnn_conv_algo_search": "EXHAUSTIVE",
-                                 "do_copy_in_default_stream": True}), CPU]
+            providers = [(CUDA, cuda_provider_options(options.device_id, options.prefer_nhwc)), CPU]
         else:
             so.intra_op_num_threads = options.threads
             so.inter_op_num_threads = 1
@@ -73,7 +99,33 @@ class OnnxEngine:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.buckets = bucket_sizes(options.max_batch_size) if self.on_cuda else []
-        log.info("%s on %s (threads %s)", self.path.name, self.provider, "n/a" if self.on_cuda else options.threads)
+        self.prefer_nhwc = self.on_cuda and options.prefer_nhwc
+        self._graphs: dict[int, _GraphBucket] = {}
+        if options.cuda_graphs and self.on_cuda:
+            self._graphs = self._capture_sessions(so)
+        elif options.cuda_graphs or options.prefer_nhwc:
+            log.info("%s: CUDA graphs / prefer_nhwc apply to the CUDA provider only; ignored on %s",
+                     self.path.name, self.provider)
+        self.cuda_graphs = bool(self._graphs)
+        log.info("%s on %s (threads %s%s)", self.path.name, self.provider, "n/a" if self.on_cuda else options.threads,
+                 ", CUDA graphs" if self.cuda_graphs else "")
+
+    def _capture_sessions(self, so: ort.SessionOptions) -> dict[int, _GraphBucket]:
+        """One session with ``enable_cuda_graph`` per bucket: a captured graph replays fixed device
+        addresses, so each bucket owns its input and output buffers. Any failure leaves the engine on
+        the ordinary path (logged), never without a working session."""
+        providers = [(CUDA, cuda_provider_options(self.options.device_id, self.options.prefer_nhwc, cuda_graph=True)), CPU]
+        try:
+            graphs = {}
+            for n in self.buckets:
+                session = ort.InferenceSession(str(self.path), so, providers=providers)
+                if session.get_providers()[0] != CUDA:
+                    raise RuntimeError(f"graph session runs on {session.get_providers()}")
+                graphs[n] = _GraphBucket(session, n, self.options.device_id)
+            return graphs
+        except Exception as e:  # noqa: BLE001 - any onnxruntime failure: serve without graphs
+            log.warning("%s: CUDA graphs unavailable (%s); serving without them", self.path.name, e)
+            return {}
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, C, H, W) -> float32 logits (N, classes)."""
@@ -82,6 +134,8 @@ class OnnxEngine:
             padded = self.buckets[bisect.bisect_left(self.buckets, n)]
             if padded != n:
                 images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
+            if self._graphs:
+                return self._graphs[padded].run(images)[:n]
         if self.on_cuda:
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.input_name, np.ascontiguousarray(images))
@@ -97,3 +151,28 @@ class OnnxEngine:
         for n in self.buckets or sorted({1, self.options.max_batch_size}):
             self.infer(np.zeros((n, *input_shape), np.float32))
         return time.perf_counter() - t0
+
+
+class _GraphBucket:
+    """A CUDA-graph session for one batch size: input and output live at fixed device addresses and
+    a lock keeps concurrent batches (BentoML may run several at once) off the same buffers."""
+
+    def __init__(self, session: ort.InferenceSession, batch: int, device_id: int) -> None:
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+        self.session, self.lock, self.dtype = session, threading.Lock(), dtypes[inp.type]
+        self.input = ort.OrtValue.ortvalue_from_shape_and_type(
+            [batch, *inp.shape[1:]], self.dtype, "cuda", device_id)
+        self.output = ort.OrtValue.ortvalue_from_shape_and_type(
+            [batch, *out.shape[1:]], dtypes[out.type], "cuda", device_id)
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input(inp.name, self.input)
+        self.binding.bind_ortvalue_output(out.name, self.output)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """The first call captures the graph (onnxruntime runs the model itself first to allocate);
+        later calls copy the images into the fixed input buffer and replay it."""
+        with self.lock:
+            self.input.update_inplace(np.ascontiguousarray(images, dtype=self.dtype))
+            self.session.run_with_iobinding(self.binding)
+            return self.output.numpy()

@@ -1,0 +1,229 @@
+"""The depth study: plain against residual nets of growing depth, trained with one recipe on Fashion-MNIST.
+
+    python -m models.study                     # trains what is missing into runs/study/, then the report
+    python -m models.study --register          # ... and exports + registers the trained nets for serving
+    python -m models.study --latency reports/latency-by-depth/<stamp>/results.json
+    python -m models.study --register --sweep 15s  # the committed report: train, register, sweep, report
+
+It trains resnet20/32/44/56/110 and plain20/32/44/56 with ``models.train`` (one recipe, one seed,
+per-layer gradient norms recorded), resuming any run already in ``--runs``, and writes
+``reports/depth-study/``: ``report.md``, ``training_curves.png`` (the layout of the ResNet paper's
+Figure 6: training and test error against epoch, plain nets left, ResNets right),
+``gradient_norms.png`` (per-layer gradient norm of plain-56 and resnet-56 at initialisation and
+during training) and ``results.json``. Served latency comes from a latency-by-depth report that
+swept the Fashion-MNIST family (``python -m loadtests.sweep --models fmnist``), the newest one by
+default. The defaults are a CPU budget (10,000 training images, 6 epochs, 5,000 test images): on
+this 2-core machine the whole family takes about 45 minutes of CPU; on a GPU pass the full data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.checkpoint import METADATA_FILE
+from models.cli import run_cli
+from models.default import DEFAULT_MODEL_NAME
+from models.errors import UserError
+from models.files import ensure_writable_dir
+from models.train import RESUMABLE_CHANGES, GRAD_NORMS_FILE, TrainConfig, train
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STUDY_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain20", "plain32", "plain44", "plain56")
+GRADIENT_PAIR = ("plain56", "resnet56")
+
+
+@dataclass
+class StudyConfig:
+    models: tuple[str, ...] = STUDY_MODELS
+    epochs: int = 6
+    train_limit: int | None = 10_000  # None: all 60,000
+    test_limit: int | None = 5_000  # None: all 10,000
+    seed: int = 0
+    runs: Path = REPO_ROOT / "runs" / "study"
+    out: Path = REPO_ROOT / "reports" / "depth-study"
+    latency: Path | None = None  # a latency-by-depth results.json; None: the newest that has *-fmnist runs
+    register: bool = False
+    sweep_duration: str | None = None  # e.g. "15s": run the latency sweep over the family first
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def train_config(cfg: StudyConfig, model: str) -> TrainConfig:
+    return TrainConfig(model=model, out=str(cfg.runs / model), epochs=cfg.epochs, train_limit=cfg.train_limit,
+                       test_limit=cfg.test_limit, seed=cfg.seed, grad_norms=True, **cfg.train_overrides)
+
+
+def _finished(tc: TrainConfig) -> dict[str, Any] | None:
+    """The run's metadata if it finished with exactly this configuration."""
+    path = Path(tc.out) / METADATA_FILE
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    want = {k: v for k, v in asdict(tc).items() if k not in RESUMABLE_CHANGES}
+    have = {k: v for k, v in meta.get("config", {}).items() if k not in RESUMABLE_CHANGES}
+    return meta if have == want else None
+
+
+def train_family(cfg: StudyConfig, command: str) -> dict[str, dict[str, Any]]:
+    """Trains (or resumes) every model of the study; returns {model: checkpoint metadata}."""
+    metas = {}
+    for i, model in enumerate(cfg.models):
+        tc = train_config(cfg, model)
+        meta = _finished(tc)
+        if meta is None:
+            if (Path(tc.out) / METADATA_FILE).is_file():
+                raise UserError(f"{tc.out} holds a finished run with other settings: move it or choose another --runs")
+            log.info("[%d/%d] training %s (%d epochs)", i + 1, len(cfg.models), model, cfg.epochs)
+            meta = train(tc, resume=True, command=command)
+        else:
+            log.info("[%d/%d] %s already trained: %.2f%% test accuracy", i + 1, len(cfg.models), model,
+                     meta["test_accuracy"])
+        metas[model] = meta
+    return metas
+
+
+def register_family(cfg: StudyConfig) -> dict[str, str]:
+    """Exports (fp32, fp16, int8) and registers each trained net as ``<model>-fmnist``, except the
+    default model's name, which keeps the committed, longer-trained default."""
+    from export.default_model import EXPORT_DIR
+    from export.pipeline import ExportConfig, export_model
+
+    tags = {}
+    for model in cfg.models:
+        if f"{model}-fmnist" == DEFAULT_MODEL_NAME:
+            log.info("%s: not registered over the default model %s", model, DEFAULT_MODEL_NAME)
+            continue
+        result = export_model(ExportConfig(checkpoint=cfg.runs / model, precisions=["fp32", "fp16", "int8"],
+                                           out=EXPORT_DIR, register=True))
+        tags[model] = result.tag
+    return tags
+
+
+def sweep_family(cfg: StudyConfig) -> None:
+    """``python -m loadtests.sweep`` over the served family (1, 8 and 32 users), in its own process:
+    it starts the service, and exports from ``cfg.runs`` whatever is not registered yet."""
+    served = [f"{m}-fmnist" for m in cfg.models]
+    cmd = [sys.executable, "-m", "loadtests.sweep", "--models", ",".join(served), "--users", "1,8,32",
+           "--duration", cfg.sweep_duration, "--checkpoints", str(cfg.runs)]
+    log.info("latency sweep: %s", shlex.join(cmd))
+    if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
+        raise UserError("the latency sweep failed (see its output above)")
+
+
+def newest_latency_report(models: Sequence[str]) -> Path | None:
+    """The newest ``reports/latency-by-depth/*/results.json`` with a closed-loop run of any of ``models``."""
+    wanted = {f"{m}-fmnist" for m in models}
+    for path in sorted((REPO_ROOT / "reports" / "latency-by-depth").glob("*/results.json"), reverse=True):
+        runs = json.loads(path.read_text()).get("runs", [])
+        if any(r["model"] in wanted and r["mode"] == "closed" for r in runs):
+            return path
+    return None
+
+
+def run_study(cfg: StudyConfig, command: str) -> dict[str, Any]:
+    from models.flops import registry_cost
+
+    if cfg.epochs < 1:
+        raise UserError("--epochs must be at least 1")
+    metas = train_family(cfg, command)
+    tags = register_family(cfg) if cfg.register else {}
+    if cfg.sweep_duration:
+        sweep_family(cfg)
+    latency_path = cfg.latency or newest_latency_report(cfg.models)
+    latency = json.loads(latency_path.read_text()) if latency_path else None
+    models = {}
+    for model, meta in metas.items():
+        cost = registry_cost(model, tuple(meta["input_shape"]), meta["num_classes"])
+        grads_path = cfg.runs / model / GRAD_NORMS_FILE
+        models[model] = {
+            "depth": meta["depth"], "residual": meta["residual"], "params": cost.params, "gflops": cost.gflops,
+            "test_accuracy": meta["test_accuracy"], "test_images": meta["test_images"],
+            "train_images": meta["train_images"], "epochs": meta["epochs"], "wall_time_s": meta["wall_time_s"],
+            "history": meta["history"], "environment": meta.get("environment"), "registered": tags.get(model),
+            "recipe": {k: meta["config"][k] for k in ("batch_size", "lr", "momentum", "weight_decay", "schedule",
+                                                      "warmup_epochs", "crop_pad", "hflip", "shortcut", "seed")},
+            "grad_norms": json.loads(grads_path.read_text()) if grads_path.is_file() else None,
+            "served": _served_latency(latency, f"{model}-fmnist") if latency else None,
+        }
+    return {"config": {**asdict(cfg), "runs": str(cfg.runs), "out": str(cfg.out),
+                       "latency": str(latency_path) if latency_path else None},
+            "command": command, "latency_report": _latency_summary(latency, latency_path), "models": models}
+
+
+def _served_latency(latency: dict[str, Any], served: str) -> dict[str, Any] | None:
+    """p50 at the lowest load and the best answered rate, from the sweep's first variant."""
+    runs = [r for r in latency["runs"] if r["model"] == served and r["mode"] == "closed"]
+    if not runs:
+        return None
+    variant = runs[0]["variant"]
+    runs = [r for r in runs if r["variant"] == variant]
+    low = min(runs, key=lambda r: r["users"])
+    rates = [(r["stats"]["classify"]["requests_per_s"] or 0) * (1 - r["stats"]["classify"]["failures"]
+                                                                 / max(1, r["stats"]["classify"]["requests"]))
+             for r in runs]
+    best = max(range(len(runs)), key=lambda i: rates[i])
+    engine = latency.get("engine", {}).get(variant.rsplit(", ", 1)[-1], {}).get(served, {}).get("1")
+    return {"variant": variant, "p50_ms_low_load": low["stats"]["classify"]["p50_ms"], "low_load_users": low["users"],
+            "best_req_per_s": rates[best], "best_at_users": runs[best]["users"],
+            "engine_batch1_ms": engine["p50_ms"] if engine else None,
+            "trained_weights_served": served != DEFAULT_MODEL_NAME}
+
+
+def _latency_summary(latency: dict[str, Any] | None, path: Path | None) -> dict[str, Any] | None:
+    if latency is None or path is None:
+        return None
+    try:
+        shown = str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        shown = str(path)
+    return {"path": shown, "machine": latency["machine"].get("cpu_model"), "cores": latency["machine"].get("cpu_count"),
+            "gpu": latency["machine"].get("gpu"), "command": latency["settings"].get("command")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from models.study_report import write_report
+
+    p = argparse.ArgumentParser(prog="python -m models.study", description=__doc__.split("\n")[0])
+    p.add_argument("--models", default=",".join(STUDY_MODELS), help="comma-separated CIFAR-style models")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--train-limit", type=int, default=10_000, help="training images (0: all 60,000)")
+    p.add_argument("--test-limit", type=int, default=5_000, help="test images (0: all 10,000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", type=Path, default=StudyConfig.runs, help="run folders, one per model (resumable)")
+    p.add_argument("--out", type=Path, default=StudyConfig.out)
+    p.add_argument("--latency", type=Path, help="a latency-by-depth results.json (default: the newest with *-fmnist)")
+    p.add_argument("--register", action="store_true", help="export and register the trained nets for serving")
+    p.add_argument("--sweep", metavar="DURATION", help="run the latency sweep over the family first (e.g. 15s per load)")
+    args = p.parse_args(argv)
+    from models.registry import get_spec
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    for m in models:
+        if get_spec(m).family != "cifar":
+            raise UserError(f"{m}: the study trains the CIFAR-style family (resnet20 ... plain110) on Fashion-MNIST")
+    if args.latency and not args.latency.is_file():
+        raise UserError(f"--latency {args.latency}: no such file")
+    cfg = StudyConfig(models=models, epochs=args.epochs, train_limit=args.train_limit or None,
+                      test_limit=args.test_limit or None, seed=args.seed, runs=args.runs, out=args.out,
+                      latency=args.latency, register=args.register, sweep_duration=args.sweep)
+    ensure_writable_dir(cfg.out)
+    results = run_study(cfg, "python -m models.study " + shlex.join(sys.argv[1:]))
+    for path in write_report(results, cfg.out):
+        log.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
