@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: bootstrap venv dataset default-model serve test sweep sweep-fmnist clean
+.PHONY: bootstrap venv dataset default-model serve test sweep sweep-fmnist reliability faults overload soak fuzz-long clean
 
 bootstrap: venv dataset
 
@@ -54,6 +54,24 @@ sweep: bootstrap
 
 sweep-fmnist: bootstrap
 	$(PY) -m loadtests.sweep --models fmnist --users 1,8,32 --duration 30s $(SWEEP_ARGS)
+
+# issue 7: reliability benchmarks. Not part of `make test`; each writes reports/reliability/<name>.json
+# and regenerates reports/reliability/report.md. Run one at a time on a quiet machine.
+
+faults: default-model
+	$(PY) -m service.fault_bench
+
+overload: default-model
+	$(PY) -m service.overload_bench
+
+soak: default-model
+	$(PY) -m service.soak_bench
+
+fuzz-long: default-model
+	$(PY) -m service.fuzz --examples 1000
+
+# All four, ~15 min.
+reliability: faults overload soak fuzz-long
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

@@ -102,8 +102,7 @@ def measure_engine(served: ServedModel, config: ServiceConfig, tensors: np.ndarr
                    seconds: float, bar: tqdm | None = None) -> dict[str, Any]:
     """p50 per call and images/s at each batch size: calls in a loop for ``seconds`` each, after 3
     untimed ones, on a fresh ``OnnxEngine`` built as the service builds it."""
-    options = EngineOptions(device=config.device, device_id=config.device_id, threads=config.engine_threads,
-                            max_batch_size=config.max_batch_size)
+    options = EngineOptions.from_config(config)
     engine = OnnxEngine(served.onnx_path, options)
     engine.warm_up(tuple(served.metadata["input_shape"]))
     out: dict[str, Any] = {"provider": engine.provider, "options": dataclasses.asdict(options), "batches": {}}

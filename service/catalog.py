@@ -40,7 +40,7 @@ def resolve_precision(config: ServiceConfig) -> str:
 def resolve_models(config: ServiceConfig, verify_checksums: bool = False) -> list[ServedModel]:
     """Latest store version of each configured name, with its metadata; one clear error if absent."""
     import bentoml
-    from bentoml.exceptions import NotFound
+    from bentoml.exceptions import BentoMLException, NotFound
 
     precision = resolve_precision(config)
     served = []
@@ -51,12 +51,31 @@ def resolve_models(config: ServiceConfig, verify_checksums: bool = False) -> lis
             raise ModelUnavailable(
                 f"model {name!r} is not in the BentoML store: export it with "
                 f"'python -m export --model ... --register' (make serve does this for the default)") from None
+        except BentoMLException as e:  # a damaged store entry (model.yaml unreadable, ...)
+            raise ModelUnavailable(f"model {name!r}: its BentoML store entry cannot be read ({e})") from None
         path = Path(stored.path_of(f"model.{precision}.onnx"))
         meta_path = path.with_suffix(".json")
-        if not path.is_file() or not meta_path.is_file():
-            raise ModelUnavailable(f"{stored.tag} has no {precision} file; re-export it with --precision {precision}")
-        meta = json.loads(meta_path.read_text())
-        if verify_checksums and meta.get("onnx_sha256") and sha256_file(path) != meta["onnx_sha256"]:
-            raise ModelUnavailable(f"{path}: sha256 does not match its metadata; the model file is corrupt")
+        for needed in (path, meta_path):
+            if not needed.is_file():
+                raise ModelUnavailable(f"{stored.tag}: {needed} is missing; re-export it with --precision {precision}")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise ModelUnavailable(f"{stored.tag}: {meta_path} is not valid JSON ({e})") from None
+        if verify_checksums:
+            verify_checksum(str(stored.tag), path, meta)
         served.append(ServedModel(name, str(stored.tag), precision, path, meta))
     return served
+
+
+def verify_checksum(tag: str, path: Path, meta: dict[str, Any]) -> None:
+    """The file's sha256 must equal the one its export recorded; a file with none recorded is
+    refused too, since nothing would then tell a damaged or swapped file from the real one."""
+    expected = meta.get("onnx_sha256")
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise ModelUnavailable(f"{tag}: {path.with_suffix('.json')} records no onnx_sha256, so {path.name} "
+                               "cannot be verified; re-export the model")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelUnavailable(f"{tag}: {path} is corrupt: sha256 {actual[:12]}... does not match "
+                               f"{expected[:12]}... recorded at export")

@@ -1,63 +1,105 @@
 """ASGI middleware in front of the BentoML app: refuses malformed requests with 4xx JSON before
-BentoML parses them, so that no client input can reach BentoML's generic 500 path.
+BentoML parses them, so that no client input can reach BentoML's generic 500 path, and sheds load
+before it queues.
 
-* a body over the byte limit: 413, by Content-Length when given, by counting otherwise;
+* a body over the byte limit: 413, by Content-Length when given, by counting otherwise; a body not
+  received in full within ``body_timeout_s`` (a client that stalls mid-upload): 408;
+* admission: at most ``max_inflight`` classify requests in progress in this worker; beyond that,
+  503 with ``Retry-After`` at once, so latency stays bounded instead of growing with a queue.
+  (BentoML's own ``max_concurrency`` answers 429 without Retry-After, from a middleware outside
+  this one, where no setting can change it.) The body is read before admission, so slow uploads
+  hold no admission slot;
 * ``/classify`` and ``/classify_batch`` must be ``multipart/form-data`` holding only their own
   fields (BentoML would try to JSON-decode a stray file field and answer 500), with the file
   field present, files only in it, ``model``/``top_k`` at most once and ``top_k`` an integer;
+* each upload's filename must be UTF-8, at most 200 bytes, without path separators or control
+  characters: BentoML puts it into a temporary file's name, where a 10 kB one is an OSError (500);
+* every 4xx and 503 the API answers leaves as ``{"error": ..., "code": ...}`` (BentoML's own, such
+  as its validation errors or a JSON list, are rewritten; see service/responses.py), and every
+  503 carries ``Retry-After``;
 * ``GET /models`` is served by the ``/models`` API (BentoML APIs are POST-only).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+
+from service.responses import ErrorShaper
 
 # route -> (file field, may repeat)
 FILE_ROUTES = {"/classify": ("image", False), "/classify_batch": ("images", True)}
 SCALAR_FIELDS = ("model", "top_k")
 MAX_FORM_PARTS = 1000
+MAX_FILENAME_BYTES = 200  # BentoML adds it to a temporary file's name; Linux allows 255 bytes there
 
 
 class _TooLarge(Exception):
     pass
 
 
+class _ClientGone(Exception):
+    pass
+
+
 class RequestGuard:
-    def __init__(self, app: Any, max_body_bytes: int, max_files: int) -> None:
+    def __init__(self, app: Any, max_body_bytes: int, max_files: int, max_inflight: int = 1 << 30,
+                 retry_after_s: int = 1, body_timeout_s: float = 30.0) -> None:
         self.app, self.max_body_bytes, self.max_files = app, max_body_bytes, max_files
+        self.max_inflight, self.retry_after_s, self.body_timeout_s = max_inflight, retry_after_s, body_timeout_s
+        self.inflight = 0  # classify requests admitted and not yet answered, in this worker (one event loop)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope.get("path", ""), scope.get("method")
         if path == "/models" and method == "GET":
-            return await self.app(*_as_post_json(scope), send)
-        if method != "POST":
+            return await self.app(*_as_post_json(scope), ErrorShaper(send, self.retry_after_s))
+        send = ErrorShaper(send, self.retry_after_s)  # touches only 4xx and 503 answers
+        if method != "POST":  # e.g. GET /classify: BentoML's 405, as JSON like every refusal
             return await self.app(scope, receive, send)
         headers = {k.lower(): v for k, v in scope.get("headers") or []}
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            return await _refuse(send, 413, "body_too_large", f"request body over the {self.max_body_bytes}-byte limit")
+            return await _refuse(send, 413, "body_too_large", f"request body over the {self.max_body_bytes}-byte limit",
+                                 close=True)
         if path not in FILE_ROUTES:
             return await self.app(scope, receive, send)
         try:
-            body = await self._read_body(receive)
+            body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
         except _TooLarge:
-            return await _refuse(send, 413, "body_too_large", f"request body over the {self.max_body_bytes}-byte limit")
-        problem = await self._check_form(scope, body, *FILE_ROUTES[path])
-        if problem:
-            return await _refuse(send, *problem)
-        return await self.app(scope, _replay(body), send)
+            return await _refuse(send, 413, "body_too_large", f"request body over the {self.max_body_bytes}-byte limit",
+                                 close=True)
+        except _ClientGone:
+            return None  # nobody is left to answer
+        except asyncio.TimeoutError:
+            return await _refuse(send, 408, "body_timeout",
+                                 f"the request body was not received in full within {self.body_timeout_s:g} s",
+                                 close=True)
+        if self.inflight >= self.max_inflight:
+            return await _refuse(send, 503, "overloaded",
+                                 f"the service is at capacity ({self.max_inflight} requests in progress in this "
+                                 f"worker); retry after {self.retry_after_s} s",
+                                 extra=[(b"retry-after", str(self.retry_after_s).encode())])
+        self.inflight += 1
+        try:
+            problem = await self._check_form(scope, body, *FILE_ROUTES[path])
+            if problem:
+                return await _refuse(send, *problem)
+            return await self.app(scope, _replay(body), send)
+        finally:
+            self.inflight -= 1
 
     async def _read_body(self, receive: Any) -> bytes:
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise _TooLarge  # the client went away; nothing to answer
+                raise _ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
@@ -86,6 +128,9 @@ class RequestGuard:
                 return 400, "missing_field", f"field '{file_field}' with an image file is required"
             if not all(isinstance(f, UploadFile) for f in files):
                 return 400, "not_a_file", f"field '{file_field}' must be a file upload"
+            bad_name = _filename_problem(body, content_type)
+            if bad_name:
+                return 400, "bad_filename", bad_name
             if len(files) > 1 and not repeat:
                 return 400, "duplicate_field", f"field '{file_field}' given {len(files)} times; send one image (or use /classify_batch)"
             for name in SCALAR_FIELDS:
@@ -100,6 +145,34 @@ class RequestGuard:
             return None
         finally:
             await form.close()
+
+
+def _filename_problem(body: bytes, content_type: str) -> str | None:
+    """Why a part's filename is refused, read from the raw part headers: once decoded, starlette
+    has turned bytes that are not UTF-8 into Latin-1 text that could also have been sent as is."""
+    boundary = parse_options_header(content_type.encode("latin-1"))[1].get(b"boundary")
+    if not boundary:
+        return None
+    for part in body.split(b"--" + boundary)[1:]:
+        for line in part.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() != b"content-disposition":
+                continue
+            params = parse_options_header(value.strip())[1]
+            raw = params.get(b"filename")
+            if raw is None:
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"filename {raw[:40]!r} is not UTF-8"
+            if len(raw) > MAX_FILENAME_BYTES:
+                return f"filename of {len(raw)} bytes; at most {MAX_FILENAME_BYTES}"
+            if any(c in text for c in "/\\") or ".." in text:
+                return f"filename {text[:40]!r} holds a path; send the file's name alone"
+            if any(ord(c) < 32 or ord(c) == 127 for c in text):
+                return f"filename {text[:40]!r} holds control characters"
+    return None
 
 
 def _is_int(text: str) -> bool:
@@ -126,8 +199,13 @@ def _as_post_json(scope: dict) -> tuple[dict, Any]:
     return {**scope, "method": "POST", "headers": headers}, _replay(b"{}")
 
 
-async def _refuse(send: Any, status: int, code: str, message: str) -> None:
+async def _refuse(send: Any, status: int, code: str, message: str, close: bool = False,
+                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answers with the error JSON. ``close``: the body was not read to its end, so the connection
+    cannot carry another request."""
     body = json.dumps({"error": message, "code": code}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

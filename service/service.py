@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,18 +24,33 @@ from typing import Any
 import aiohttp
 import bentoml
 import numpy as np
+from bentoml.exceptions import ServiceUnavailable
 from prometheus_client import Histogram
 
-from service.catalog import ServedModel, resolve_models
+from service.catalog import ModelUnavailable, ServedModel, resolve_models
 from service.config import load_config
+from service.drain import ActivityMiddleware, defer_sigterm
 from service.engine import EngineOptions, OnnxEngine
-from service.errors import REJECTION_STATUS, ClientError
+from service.errors import REJECTION_STATUS, ClientError, overloaded
 from service.guard import RequestGuard
 from service.preprocess import DecodeLimits, ImageRejected, PreprocessSpec, preprocess
 
 log = logging.getLogger("bentoml.resnet_serving")  # under "bentoml": shown by bentoml serve
+# The engine listens on loopback TCP, not a unix socket. BentoML 1.4.40's arbiter deletes the
+# unix socket's directory the moment SIGTERM arrives, before it stops any worker, so an API
+# worker's in-flight request that needs a new connection to the engine then fails, however long
+# the engine keeps serving (service/drain.py). A TCP listener stays open until the engine has
+# drained. Set here because `bentoml serve` imports this module before it creates the sockets.
+os.environ.setdefault("BENTOML_NO_UDS", "1")
 CONFIG = load_config()
-SERVED: list[ServedModel] = resolve_models(CONFIG)
+try:
+    # Every process that imports the service (bentoml serve's own, each worker, bentoml build)
+    # checks each model file against the sha256 in its metadata before anything loads it.
+    SERVED: list[ServedModel] = resolve_models(CONFIG, verify_checksums=True)
+except ModelUnavailable as e:
+    # One line and a non-zero exit, not a traceback: raised in a worker, BentoML would log the
+    # traceback and respawn the worker forever.
+    sys.exit(f"error: cannot start the service: {e}")
 BY_NAME = {m.name: m for m in SERVED}
 TIME_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -49,10 +66,10 @@ PREPROCESS_SECONDS = Histogram("resnet_preprocess_seconds", "Decode + preprocess
 
 class _EngineBase:
     def __init__(self) -> None:
-        options = EngineOptions(device=CONFIG.device, device_id=CONFIG.device_id,
-                                threads=CONFIG.engine_threads, max_batch_size=CONFIG.max_batch_size)
-        # Checksums are verified here, where the files are loaded: a corrupt file stops start-up.
-        self.served = {m.name: m for m in resolve_models(CONFIG, verify_checksums=True)}
+        options = EngineOptions.from_config(CONFIG)
+        self.served = {m.name: m for m in SERVED}  # checksums verified at import, in this process
+        # SIGTERM: keep serving until the API workers' in-flight requests are through (service/drain.py).
+        defer_sigterm(CONFIG.drain_quiet_s, CONFIG.drain_max_s)
         self.engines: dict[str, OnnxEngine] = {}
         for name, served in self.served.items():
             engine = OnnxEngine(served.onnx_path, options)
@@ -89,6 +106,7 @@ for _i, _m in enumerate(SERVED):
     _engine_attrs[f"model_{_i}"] = bentoml.models.BentoModel(_m.tag)  # so `bentoml build` packages it
 Engine = bentoml.service(name="resnet-engine", workers=1, traffic={"timeout": 60})(
     type("Engine", (_EngineBase,), _engine_attrs))
+Engine.add_asgi_middleware(ActivityMiddleware)
 
 
 # ---- Classifier: the HTTP API ------------------------------------------------------------------
@@ -197,12 +215,22 @@ class Classifier:
     async def _infer(self, served: ServedModel, x: np.ndarray) -> np.ndarray:
         call = getattr(self.engine.to_async, served.api_name)
         try:
-            return await call(x)
-        except aiohttp.ServerDisconnectedError:
-            # The engine's HTTP server closed a keep-alive connection just as this worker reused it;
-            # inference is idempotent, so one retry on a fresh connection is safe.
-            log.info("engine connection was closed under us; retrying once")
-            return await call(x)
+            try:
+                return await call(x)
+            except aiohttp.ServerDisconnectedError:
+                # The engine's HTTP server closed a keep-alive connection just as this worker reused
+                # it; inference is idempotent, so one retry on a fresh connection is safe.
+                log.info("engine connection was closed under us; retrying once")
+                return await call(x)
+        except ServiceUnavailable:
+            # The engine's adaptive batching predicted this request would wait past max_latency_ms
+            # and shed it: the client's request was fine, so a 503 it may retry, not a 500.
+            raise overloaded(f"the model queue is full (over {CONFIG.max_latency_ms} ms); "
+                             f"retry after {CONFIG.retry_after_s} s", CONFIG.retry_after_s) from None
+        except aiohttp.ClientConnectionError as e:
+            log.warning("engine unreachable (%s)", e)
+            raise overloaded(f"the model engine is unavailable (restarting or shutting down); retry after "
+                             f"{CONFIG.retry_after_s} s", CONFIG.retry_after_s, code="engine_unavailable") from None
 
     @staticmethod
     def _result(served: ServedModel, logits: np.ndarray, k: int) -> dict[str, Any]:
@@ -215,4 +243,6 @@ class Classifier:
                                 for i in order]}
 
 
-Classifier.add_asgi_middleware(RequestGuard, max_body_bytes=CONFIG.max_body_bytes, max_files=CONFIG.max_batch_images)
+Classifier.add_asgi_middleware(RequestGuard, max_body_bytes=CONFIG.max_body_bytes, max_files=CONFIG.max_batch_images,
+                               max_inflight=CONFIG.max_inflight, retry_after_s=CONFIG.retry_after_s,
+                               body_timeout_s=CONFIG.body_timeout_s)

@@ -31,6 +31,16 @@ def service_module(default_model_tag):
     return module
 
 
+@pytest.fixture(scope="session")
+def asgi_client(service_module):
+    """Tier 2: one ASGI app for the whole session, its lifespan running. One, because BentoML
+    registers its Prometheus metrics per app, and a second app in a process fails on duplicates."""
+    from starlette.testclient import TestClient
+
+    with TestClient(service_module.Classifier.to_asgi()) as client:
+        yield client
+
+
 def encode(array: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
@@ -59,7 +69,10 @@ def bad_uploads() -> dict[str, tuple[bytes, int]]:
     }
 
 
-def start_server(target: str = "service.service:Classifier", cwd: Path = REPO_ROOT) -> ServeProcess:
-    """``bentoml serve`` in a subprocess on a free loopback port, logging into the tests' store."""
+def start_server(target: str = "service.service:Classifier", cwd: Path = REPO_ROOT,
+                 env: dict[str, str] | None = None) -> ServeProcess:
+    """``bentoml serve`` in a subprocess on a free loopback port, logging into the tests' store;
+    ``env`` adds settings (RESNET_*) to the environment."""
     home = Path(os.environ["BENTOML_HOME"])
-    return ServeProcess(dict(os.environ), home, f"{target.replace(':', '-')}-{time.monotonic_ns()}", target, cwd)
+    return ServeProcess({**os.environ, **(env or {})}, home, f"{target.replace(':', '-')}-{time.monotonic_ns()}",
+                        target, cwd)

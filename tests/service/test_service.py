@@ -4,16 +4,14 @@ import json
 
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 
 from models.data import FASHION_MNIST_CLASSES
 from tests.service.conftest import bad_uploads, encode
 
 
 @pytest.fixture(scope="module")
-def client(service_module):
-    with TestClient(service_module.Classifier.to_asgi()) as c:
-        yield c
+def client(asgi_client):
+    return asgi_client
 
 
 def post(client, files, data=None, route="/classify"):

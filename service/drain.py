@@ -1,0 +1,82 @@
+"""Graceful shutdown of the engine process: it outlives the API workers' last requests.
+
+On SIGTERM, ``bentoml serve`` (circus) signals every process at once. Each uvicorn server then
+stops accepting connections and finishes the requests it has; but an API worker's in-flight
+request that is still decoding its image has not reached the engine yet, and finds it gone: seen
+as one 503 in 16 clients' in-flight requests before this module existed. So the engine defers
+SIGTERM: it keeps serving until no request has arrived or been in progress for ``quiet_s``
+(the API workers have drained), at most ``max_s``, and then hands the signal to uvicorn, whose
+own graceful shutdown follows. A second SIGTERM stops it at once.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("bentoml.resnet_serving")
+
+
+class Activity:
+    """Requests in progress in this process, and when the last one started or ended."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.inflight else time.monotonic() - self.last
+
+
+ACTIVITY = Activity()
+
+
+class ActivityMiddleware:
+    """ASGI middleware that keeps ACTIVITY (the engine's HTTP requests, whatever their route)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        ACTIVITY.inflight += 1
+        ACTIVITY.last = time.monotonic()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ACTIVITY.inflight -= 1
+            ACTIVITY.last = time.monotonic()
+
+
+def defer_sigterm(quiet_s: float, max_s: float, activity: Activity = ACTIVITY) -> bool:
+    """Wraps the SIGTERM handler installed by the server (uvicorn's) so that it runs only once this
+    process has been idle for ``quiet_s`` (or ``max_s`` have passed). Returns False, changing
+    nothing, off the main thread (signal handlers live there) or when no server handler is set."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return False
+    draining = threading.Event()
+
+    def stop_when_idle(sig: int) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < max_s and activity.idle_for() < quiet_s:
+            time.sleep(0.05)
+        log.info("engine idle for %.1f s after SIGTERM (%.1f s); shutting down", activity.idle_for(),
+                 time.monotonic() - start)
+        previous(sig, None)  # uvicorn's handle_exit only sets flags: safe from this thread
+
+    def on_sigterm(sig: int, frame: Any) -> None:
+        if draining.is_set():
+            previous(sig, frame)
+            return
+        draining.set()
+        log.info("SIGTERM: serving until idle for %.1f s (at most %.0f s)", quiet_s, max_s)
+        threading.Thread(target=stop_when_idle, args=(sig,), name="drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True

@@ -1,0 +1,195 @@
+"""Overload: at several times its saturation rate the service sheds with 503 + Retry-After instead
+of queueing without bound, keeps the latency of what it accepts, keeps its memory, and recovers
+once the load drops.
+
+    python -m service.overload_bench                          # ~1.5 min: 20 s + 30 s + 10 s of load
+    python -m service.overload_bench --saturation-seconds 5 --overload-seconds 8 --recovery-seconds 5 \
+        --out /tmp/overload-smoke                              # a short dry run
+
+1. **Saturation**: ``--clients`` closed-loop clients (each sends its next request when its last is
+   answered) for ``--saturation-seconds``: the rate of good answers is the saturation rate, their
+   p99 the latency at saturation. Then the refusal capacity: how many requests per second the
+   service can answer when it refuses them at once (the path a shedding 503 takes).
+2. **Overload**: an open loop (requests sent on a fixed schedule, answered or not) at
+   ``--factor`` x the saturation rate for ``--overload-seconds``. Counted: good answers, 503s and
+   whether each carries Retry-After, anything else; latency of the good answers over the whole
+   window and in its first and last thirds (a queue would make the last third slower); the
+   resident memory of the whole ``bentoml serve`` process tree every 0.5 s.
+3. **Recovery**: when the overload's schedule ends, an open loop at ``--recovery-fraction`` x the
+   saturation rate: the recovery time is when its requests start being answered 200 within the
+   saturation p99 and stay so.
+
+Pass criteria, recorded with the figures: every answer is a good 200 or a 503 with Retry-After;
+accepted p99 under overload within the service's latency budget (``RESNET_MAX_LATENCY_MS``, past
+which its batching sheds too) and no slower in the last third than ``1.5`` x the first; resident memory over the last half of the overload within 5%
+of its first half; recovery within 5 s. The load generator (``loadtests.aio_http``, one asyncio
+loop) runs in this process on the service's cores: its CPU share is recorded. Writes
+``overload.json`` to ``--out`` and rewrites ``report.md`` there (``service.reliability_report``).
+Run it on a quiet machine, one benchmark at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from loadtests.aio_http import Outcome, build_request, closed_loop, open_loop
+from loadtests.http_load import background_busy
+from models.cli import run_cli
+from models.files import ensure_writable_dir
+from models.errors import UserError
+from service.reliability_common import (MemorySampler, classification_ok, good_requests, mib, percentiles_ms,
+                                        run_header, start_server, summarize, write_results)
+
+log = logging.getLogger(__name__)
+RECOVERY_LIMIT_S = 5.0
+REFUSABLE = build_request("/classify", b'{"image": null}', "application/json")
+MEMORY_GROWTH_LIMIT = 0.05
+
+
+def recovery_seconds(probe: Sequence[Outcome], healthy_s: float) -> float | None:
+    """Seconds from the load drop (the probe's start) to the first probe request after which every
+    answer is a good 200 within ``healthy_s``; None when the probe never got there."""
+    ordered = sorted(probe, key=lambda o: o.sent)
+    bad = [i for i, o in enumerate(ordered) if not (classification_ok(o) and o.latency <= healthy_s)]
+    if not bad:
+        return 0.0
+    if bad[-1] == len(ordered) - 1:
+        return None
+    return ordered[bad[-1] + 1].sent
+
+
+def run_overload(clients: int = 16, saturation_seconds: float = 20.0, factor: float = 4.0,
+                 overload_seconds: float = 30.0, recovery_seconds_: float = 10.0, recovery_fraction: float = 0.5,
+                 warmup: float = 3.0) -> dict[str, Any]:
+    env = dict(os.environ)
+    requests, _ = good_requests()
+    pick = lambda i: requests[i % len(requests)]  # noqa: E731
+    results = run_header(env, {"clients": clients, "saturation_seconds": saturation_seconds, "factor": factor,
+                               "overload_seconds": overload_seconds, "recovery_seconds": recovery_seconds_,
+                               "recovery_fraction": recovery_fraction})
+    results["machine"]["cpu_busy_before"] = background_busy()
+    with tempfile.TemporaryDirectory(prefix="overload-bench-") as tmp:
+        server = start_server(env, Path(tmp), "overload")
+        try:
+            with MemorySampler(server.proc.pid) as memory:
+                asyncio.run(closed_loop("127.0.0.1", server.port, pick, clients, warmup))
+                log.info("saturation: %d closed-loop clients for %.0f s", clients, saturation_seconds)
+                t_sat = time.monotonic()
+                sat = asyncio.run(closed_loop("127.0.0.1", server.port, pick, clients, saturation_seconds))
+                saturation = summarize(sat, saturation_seconds)
+                saturation["memory"] = mib(memory.between(t_sat, time.monotonic()))
+                rate = saturation["ok_per_s"]
+                if not rate:
+                    raise UserError(f"no good answer at saturation: {saturation['by_status']}")
+                log.info("saturation: %.1f good answers/s, p99 %.1f ms", rate, saturation["ok_latency"]["p99_ms"])
+
+                # What a refusal costs: requests the guard answers at once (415, no body parsed), as
+                # fast as 32 clients can send them; shedding 503s take the same path.
+                refused = asyncio.run(closed_loop("127.0.0.1", server.port, lambda i: REFUSABLE, 32, 5.0))
+                refusal_capacity = len([o for o in refused if o.status == 415]) / 5.0
+                log.info("refusal capacity: %.0f answers/s", refusal_capacity)
+
+                log.info("overload: %.0f requests/s (%.1fx) for %.0f s, then %.0f/s for %.0f s", factor * rate, factor,
+                         overload_seconds, recovery_fraction * rate, recovery_seconds_)
+                cpu0, t_over = time.process_time(), time.monotonic()
+                over, probe = asyncio.run(_overload_then_probe(server.port, pick, factor * rate, overload_seconds,
+                                                               recovery_fraction * rate, recovery_seconds_))
+                t_end = time.monotonic()
+                generator_cores = (time.process_time() - cpu0) / (t_end - t_over)
+                rss_first = memory.between(t_over, t_over + overload_seconds / 2)
+                rss_second = memory.between(t_over + overload_seconds / 2, t_over + overload_seconds)
+                rss_after = memory.between(t_end - 1.0, time.monotonic() + 1.0)
+        finally:
+            server.stop()
+    results["saturation"] = saturation
+    results["refusal_capacity_per_s"] = refusal_capacity
+    results["overload"] = _overload_figures(over, factor * rate, overload_seconds, rss_first, rss_second)
+    results["overload"]["load_generator_cores"] = generator_cores
+    healthy_s = saturation["ok_latency"]["p99_ms"] / 1000
+    results["recovery"] = {**summarize(probe, recovery_seconds_), "rate_per_s": recovery_fraction * rate,
+                           "healthy_within_ms": healthy_s * 1000,
+                           "recovery_s": recovery_seconds(probe, healthy_s), "memory_after": mib(rss_after)}
+    results["criteria"] = criteria(results)
+    return results
+
+
+async def _overload_then_probe(port: int, pick: Any, rate: float, seconds: float, probe_rate: float,
+                               probe_seconds: float) -> tuple[list[Outcome], list[Outcome]]:
+    async def probe() -> list[Outcome]:
+        await asyncio.sleep(seconds)  # the load drops when the overload's schedule ends
+        return await open_loop("127.0.0.1", port, pick, probe_rate, probe_seconds)
+
+    return tuple(await asyncio.gather(open_loop("127.0.0.1", port, pick, rate, seconds, max_connections=2048),
+                                      probe()))  # type: ignore[return-value]
+
+
+def _overload_figures(over: Sequence[Outcome], rate: float, seconds: float, rss_first: Sequence[int],
+                      rss_second: Sequence[int]) -> dict[str, Any]:
+    third = seconds / 3
+    good = [o for o in over if classification_ok(o)]
+    first = [o.latency for o in good if o.sent < third]
+    last = [o.latency for o in good if o.sent >= 2 * third]
+    first_half, second_half = mib(rss_first), mib(rss_second)
+    growth = (second_half["max_mib"] / first_half["max_mib"] - 1) if rss_first and rss_second else None
+    return {**summarize(over, seconds), "offered_per_s": rate, "ok_latency_first_third": percentiles_ms(first),
+            "ok_latency_last_third": percentiles_ms(last), "memory_first_half": first_half,
+            "memory_second_half": second_half, "memory_growth_second_half": growth}
+
+
+def criteria(results: dict[str, Any]) -> dict[str, Any]:
+    """Each pass criterion with its measured value."""
+    over, rec = results["overload"], results["recovery"]
+    other = over["sent"] - over["ok"] - over["shed_503"]
+    p99_over, budget = over["ok_latency"]["p99_ms"], results["config"]["max_latency_ms"]
+    first, last = over["ok_latency_first_third"]["p99_ms"], over["ok_latency_last_third"]["p99_ms"]
+    checks = {
+        "only good 200s and 503s under overload": other == 0,
+        "every 503 carries Retry-After": over["shed_503"] == over["shed_with_retry_after"],
+        "sheds under overload (503s seen)": over["shed_503"] > 0,
+        f"accepted p99 within the service's latency budget (RESNET_MAX_LATENCY_MS={budget} ms)":
+            p99_over is not None and p99_over <= budget,
+        "accepted p99 no slower in the last third (1.5x first)": None not in (first, last) and last <= 1.5 * first,
+        f"memory growth over the second half under {MEMORY_GROWTH_LIMIT:.0%}":
+            over["memory_growth_second_half"] is not None and over["memory_growth_second_half"] < MEMORY_GROWTH_LIMIT,
+        f"recovers within {RECOVERY_LIMIT_S:g} s": rec["recovery_s"] is not None and rec["recovery_s"] <= RECOVERY_LIMIT_S,
+    }
+    return {"checks": checks, "all_passed": all(checks.values()), "other_outcomes": other}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from service.reliability_report import write_report
+
+    p = argparse.ArgumentParser(prog="python -m service.overload_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, default=16, help="closed-loop clients that find the saturation rate")
+    p.add_argument("--saturation-seconds", type=float, default=20.0)
+    p.add_argument("--factor", type=float, default=4.0, help="overload rate, as a multiple of the saturation rate")
+    p.add_argument("--overload-seconds", type=float, default=30.0)
+    p.add_argument("--recovery-seconds", type=float, default=10.0, help="seconds of reduced load after the overload")
+    p.add_argument("--recovery-fraction", type=float, default=0.5, help="that load, as a fraction of saturation")
+    p.add_argument("--out", type=Path, default=Path("reports/reliability"))
+    args = p.parse_args(argv)
+    if min(args.clients, args.saturation_seconds, args.factor, args.overload_seconds, args.recovery_seconds,
+           args.recovery_fraction) <= 0:
+        raise UserError("every count, duration and rate must be > 0")
+    ensure_writable_dir(args.out)
+    results = run_overload(args.clients, args.saturation_seconds, args.factor, args.overload_seconds,
+                           args.recovery_seconds, args.recovery_fraction)
+    log.info("wrote %s and %s", write_results(args.out, "overload", results), write_report(args.out))
+    for name, ok in results["criteria"]["checks"].items():
+        log.info("%s %s", "PASS" if ok else "FAIL", name)
+    return 0 if results["criteria"]["all_passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""What the reliability benchmarks (``service.overload_bench``, ``service.soak_bench``,
+``service.fault_bench``) share: the server they start, the requests they send, the memory they
+watch and how they summarise what came back."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from loadtests.aio_http import Outcome, build_request
+from loadtests.hostile import MULTIPART, image_form
+from loadtests.http_load import ServeProcess
+from models.errors import UserError
+from service.bench import encode_pngs, machine_info, service_config
+from service.catalog import ModelUnavailable, resolve_models
+
+log = logging.getLogger(__name__)
+
+
+def start_server(env: dict[str, str], log_dir: Path, name: str) -> ServeProcess:
+    """``bentoml serve`` of the service under ``env``, ready; its models verified first, so that
+    a missing model is one clear error here rather than a server that never turns ready."""
+    try:
+        resolve_models(service_config(env), verify_checksums=True)
+    except ModelUnavailable as e:
+        raise UserError(str(e)) from None
+    server = ServeProcess(env, log_dir, name)
+    seconds = server.wait_ready()
+    log.info("%s: bentoml serve ready on %s in %.1f s", name, server.url, seconds)
+    return server
+
+
+def good_requests(count: int = 256) -> tuple[list[bytes], np.ndarray]:
+    """Raw /classify requests for the first ``count`` Fashion-MNIST test images (top_k 1), and labels."""
+    pngs, labels = encode_pngs(count)
+    return [build_request("/classify", image_form(p, top_k="1"), MULTIPART) for p in pngs], labels
+
+
+def classification_ok(outcome: Outcome) -> bool:
+    """A 200 whose body is a well-formed classification."""
+    if outcome.status != 200:
+        return False
+    try:
+        preds = json.loads(outcome.body)["predictions"]
+        return bool(preds) and all({"label", "class_index", "probability"} <= p.keys() for p in preds)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def percentiles_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    if not len(seconds):
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    p = np.percentile(np.asarray(seconds) * 1000, [50, 95, 99, 100])
+    return {"p50_ms": float(p[0]), "p95_ms": float(p[1]), "p99_ms": float(p[2]), "max_ms": float(p[3])}
+
+
+def summarize(outcomes: Sequence[Outcome], seconds: float) -> dict[str, Any]:
+    """Counts by outcome, the rate of good answers, latency of good answers and of 503s."""
+    statuses = Counter(str(o.status) for o in outcomes)
+    good = [o for o in outcomes if classification_ok(o)]
+    shed = [o for o in outcomes if o.status == 503]
+    retry_after = [o for o in shed if o.headers.get("retry-after", "").isdigit()]
+    return {"sent": len(outcomes), "by_status": dict(sorted(statuses.items())), "ok": len(good),
+            "ok_per_s": len(good) / seconds if seconds > 0 else None,
+            "bad_200": statuses.get("200", 0) - len(good), "shed_503": len(shed),
+            "shed_with_retry_after": len(retry_after), "ok_latency": percentiles_ms([o.latency for o in good]),
+            "shed_latency": percentiles_ms([o.latency for o in shed])}
+
+
+class MemorySampler:
+    """Resident memory of a process and all its descendants (the whole ``bentoml serve`` tree),
+    sampled every ``interval`` seconds on a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int]] = []  # (monotonic seconds, bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+
+    def rss(self) -> int:
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.rss()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, t0: float, t1: float) -> list[int]:
+        return [b for t, b in self.samples if t0 <= t <= t1]
+
+
+def mib(values: Sequence[int]) -> dict[str, float | None]:
+    if not values:
+        return {"min_mib": None, "max_mib": None, "mean_mib": None}
+    return {"min_mib": min(values) / 2**20, "max_mib": max(values) / 2**20, "mean_mib": float(np.mean(values)) / 2**20}
+
+
+def run_header(env: dict[str, str], what: dict[str, Any]) -> dict[str, Any]:
+    """Machine, settings and the service's configuration, for a results file."""
+    import dataclasses
+
+    return {"machine": machine_info(), "settings": what, "config": dataclasses.asdict(service_config(env)),
+            "bentoml_home": os.environ.get("BENTOML_HOME"), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+def write_results(out: Path, name: str, results: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return path
