@@ -91,19 +91,28 @@ def train_family(cfg: StudyConfig, command: str) -> dict[str, dict[str, Any]]:
 
 
 def register_family(cfg: StudyConfig) -> dict[str, str]:
-    """Exports (fp32, fp16, int8) and registers each trained net as ``<model>-fmnist``, except the
+    """Exports (fp32) and registers each trained net as ``<model>-fmnist``, except the
     default model's name, which keeps the committed, longer-trained default."""
     from export.default_model import EXPORT_DIR
     from export.pipeline import ExportConfig, export_model
+    from export.store import find_registered
 
+    # fp32 only: on these short-trained nets int8 missed its 99% agreement gate (resnet56 94.5%) and
+    # resnet110's fp16 its 5e-3 error bound (7.5e-3), as the export verification measured.
+    precisions = ["fp32"]
     tags = {}
     for model in cfg.models:
-        if f"{model}-fmnist" == DEFAULT_MODEL_NAME:
+        served = f"{model}-fmnist"
+        if served == DEFAULT_MODEL_NAME:
             log.info("%s: not registered over the default model %s", model, DEFAULT_MODEL_NAME)
             continue
-        result = export_model(ExportConfig(checkpoint=cfg.runs / model, precisions=["fp32", "fp16", "int8"],
-                                           out=EXPORT_DIR, register=True))
-        tags[model] = result.tag
+        weights_sha = json.loads((cfg.runs / model / METADATA_FILE).read_text()).get("weights_sha256")
+        tags[model] = find_registered(served, weights_sha, precisions)  # the same weights, already there
+        if tags[model]:
+            log.info("%s is already registered from these weights", tags[model])
+        else:
+            tags[model] = export_model(ExportConfig(checkpoint=cfg.runs / model, precisions=precisions,
+                                                    out=EXPORT_DIR, register=True)).tag
     return tags
 
 
