@@ -37,7 +37,7 @@ from models.files import ensure_writable_dir
 from service.bench import service_config
 from service.catalog import ModelUnavailable, resolve_models
 from service.faults import alone, hostile_beside_good, sigterm_under_load, slow_uploads, start_with_broken_model
-from service.reliability_common import good_requests, run_header, start_server, write_results
+from service.reliability_common import finish, good_requests, run_header, start_server
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from service.reliability_report import write_report
 
     p = argparse.ArgumentParser(prog="python -m service.fault_bench", description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=20, help="times each hostile request is sent")
@@ -115,10 +114,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("every count must be at least 1")
     ensure_writable_dir(args.out)
     results = run_faults(args.rounds, args.concurrency, args.slow_clients, args.body_timeout, args.clients)
-    log.info("wrote %s and %s", write_results(args.out, "faults", results), write_report(args.out))
-    for name, ok in results["criteria"]["checks"].items():
-        log.info("%s %s", "PASS" if ok else "FAIL", name)
-    return 0 if results["criteria"]["all_passed"] else 1
+    return finish(args.out, "faults", results)
 
 
 if __name__ == "__main__":

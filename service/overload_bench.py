@@ -45,7 +45,7 @@ from models.cli import run_cli
 from models.files import ensure_writable_dir
 from models.errors import UserError
 from service.reliability_common import (MemorySampler, classification_ok, good_requests, mib, percentiles_ms,
-                                        run_header, start_server, summarize, write_results)
+                                        run_header, start_server, summarize, finish)
 
 log = logging.getLogger(__name__)
 RECOVERY_LIMIT_S = 5.0
@@ -168,7 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from service.reliability_report import write_report
 
     p = argparse.ArgumentParser(prog="python -m service.overload_bench", description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=16, help="closed-loop clients that find the saturation rate")
@@ -185,10 +184,7 @@ def _main(argv: Sequence[str] | None) -> int:
     ensure_writable_dir(args.out)
     results = run_overload(args.clients, args.saturation_seconds, args.factor, args.overload_seconds,
                            args.recovery_seconds, args.recovery_fraction)
-    log.info("wrote %s and %s", write_results(args.out, "overload", results), write_report(args.out))
-    for name, ok in results["criteria"]["checks"].items():
-        log.info("%s %s", "PASS" if ok else "FAIL", name)
-    return 0 if results["criteria"]["all_passed"] else 1
+    return finish(args.out, "overload", results)
 
 
 if __name__ == "__main__":

@@ -136,3 +136,14 @@ def write_results(out: Path, name: str, results: dict[str, Any]) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return path
+
+
+def finish(out: Path, name: str, results: dict[str, Any]) -> int:
+    """The end of every reliability benchmark: its JSON, the regenerated report, each criterion
+    logged, and exit status 1 when any failed."""
+    from service.reliability_report import write_report
+
+    log.info("wrote %s and %s", write_results(out, name, results), write_report(out))
+    for check, ok in results["criteria"]["checks"].items():
+        log.info("%s %s", "PASS" if ok else "FAIL", check)
+    return 0 if results["criteria"]["all_passed"] else 1

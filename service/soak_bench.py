@@ -36,7 +36,7 @@ from models.cli import run_cli
 from models.errors import UserError
 from models.files import ensure_writable_dir
 from service.reliability_common import (MemorySampler, classification_ok, good_requests, percentiles_ms, run_header,
-                                        start_server, summarize, write_results)
+                                        start_server, summarize, finish)
 
 log = logging.getLogger(__name__)
 GROWTH_LIMIT = 0.05
@@ -112,7 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from service.reliability_report import write_report
 
     p = argparse.ArgumentParser(prog="python -m service.soak_bench", description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=10.0)
@@ -129,10 +128,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("durations, --fraction and --clients must be > 0")
     ensure_writable_dir(args.out)
     results = run_soak(args.minutes, args.fraction, args.clients, args.saturation_seconds, args.warmup_seconds, args.rate)
-    log.info("wrote %s and %s", write_results(args.out, "soak", results), write_report(args.out))
-    for name, ok in results["criteria"]["checks"].items():
-        log.info("%s %s", "PASS" if ok else "FAIL", name)
-    return 0 if results["criteria"]["all_passed"] else 1
+    return finish(args.out, "soak", results)
 
 
 if __name__ == "__main__":
