@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine (see README.md):
-#   make serve   bootstrap, make sure the default model is exported and registered, serve it
+#   make serve   bootstrap, make sure the default served set (models/default.py) is exported and registered, serve it
 #   make test    bootstrap, then pytest
 # Each step reuses what exists, so a second run starts in seconds.
 SHELL := /bin/bash

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +69,9 @@ def from_torchvision_weights(path: Path, model_name: str) -> Source:
         raise UserError(f"weights file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable PyTorch state_dict ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - on arbitrary bytes the unpickler raises IndexError, KeyError, ... too
+        detail = (str(e).splitlines() or [""])[0]
+        raise UserError(f"{path}: not a readable PyTorch state_dict ({type(e).__name__}: {detail})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -17,14 +17,14 @@ from typing import Any
 from export.default_model import EXPORT_DIR, ensure_default_model
 from export.pipeline import ExportConfig, export_model
 from models.checkpoint import METADATA_FILE
-from models.default import DEFAULT_MODEL_NAME
+from models.default import CHECKPOINTS_DIR, DEFAULT_MODEL_NAME
 from models.errors import UserError
 from models.flops import registry_cost
 from models.registry import get_spec
 
 log = logging.getLogger(__name__)
 FAMILY_KEYWORD = "fmnist"
-CHECKPOINT_DIRS = (Path(__file__).resolve().parents[1] / "models" / "checkpoints",)
+CHECKPOINT_DIRS = (CHECKPOINTS_DIR,)  # the committed default and family
 
 
 @dataclass(frozen=True)

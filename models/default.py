@@ -1,4 +1,5 @@
-"""The default model everything serves first: resnet20 trained on Fashion-MNIST, committed to the repo.
+"""The default model everything serves first (resnet20 trained on Fashion-MNIST, committed to the
+repo), and the default served set: that model, then the depth study's family.
 
     python -m models.default          # check it (sha256, architecture); retrain it only if missing
 """
@@ -13,7 +14,15 @@ from models.cli import run_cli
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "resnet20-fmnist"  # <architecture>-<dataset>: the name it is served under
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / DEFAULT_MODEL_NAME
+CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"  # committed checkpoints, <served name>/
+DEFAULT_CHECKPOINT = CHECKPOINTS_DIR / DEFAULT_MODEL_NAME
+# The depth study's nets (python -m models.study --publish copies them into CHECKPOINTS_DIR), one per
+# depth; its own resnet20 is left out, since that name is the default's.
+FAMILY_MODEL_NAMES = tuple(f"{m}-fmnist" for m in ("resnet32", "resnet44", "resnet56", "resnet110",
+                                                     "plain20", "plain32", "plain44", "plain56"))
+# What the service serves when RESNET_MODELS is not set, and what `make serve` exports: the default
+# model first (it answers requests that name no model), then the family.
+DEFAULT_SERVED_MODELS = (DEFAULT_MODEL_NAME, *FAMILY_MODEL_NAMES)
 # The recipe that produced the committed checkpoint (its metadata.json holds the exact command).
 DEFAULT_RECIPE = {"model": "resnet20", "epochs": 30, "grad_norms": True}
 

@@ -2,6 +2,7 @@
 
     python -m models.study                     # trains what is missing into runs/study/, then the report
     python -m models.study --register          # ... and exports + registers the trained nets for serving
+    python -m models.study --publish           # ... and copies them to models/checkpoints/<model>-fmnist/
     python -m models.study --latency reports/latency-by-depth/<stamp>/results.json
     python -m models.study --register --sweep 15s  # the committed report: train, register, sweep, report
 
@@ -12,27 +13,33 @@ Figure 6: training and test error against epoch, plain nets left, ResNets right)
 ``gradient_norms.png`` (per-layer gradient norm of plain-56 and resnet-56 at initialisation and
 during training) and ``results.json``. Served latency comes from a latency-by-depth report that
 swept the Fashion-MNIST family (``python -m loadtests.sweep --models fmnist``), the newest one by
-default. The defaults are a CPU budget (10,000 training images, 6 epochs, 5,000 test images): on
-this 2-core machine the whole family takes about 45 minutes of CPU; on a GPU pass the full data.
+default. ``--publish`` copies each finished net except resnet20 (whose name is the committed
+default's) to ``models/checkpoints/<model>-fmnist/`` (weights and metadata only), the committed
+family that ``make serve`` serves beside the default. The defaults are a CPU budget (10,000
+training images, 6 epochs, 5,000 test images): on this 2-core machine the whole family takes about
+45 minutes of CPU; on a GPU pass the full data.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import METADATA_FILE
+from models.checkpoint import METADATA_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint
 from models.cli import run_cli
-from models.default import DEFAULT_MODEL_NAME
+from models.default import CHECKPOINTS_DIR, DEFAULT_MODEL_NAME
 from models.errors import UserError
-from models.files import ensure_writable_dir
+from models.files import ensure_writable_dir, sha256_file
 from models.train import RESUMABLE_CHANGES, GRAD_NORMS_FILE, TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,8 @@ class StudyConfig:
     out: Path = REPO_ROOT / "reports" / "depth-study"
     latency: Path | None = None  # a latency-by-depth results.json; None: the newest that has *-fmnist runs
     register: bool = False
+    publish: bool = False  # copy the finished nets' checkpoints to checkpoints/<model>-fmnist/
+    checkpoints: Path = CHECKPOINTS_DIR
     sweep_duration: str | None = None  # e.g. "15s": run the latency sweep over the family first
     train_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -90,22 +99,87 @@ def train_family(cfg: StudyConfig, command: str) -> dict[str, dict[str, Any]]:
     return metas
 
 
+PUBLISHED_FILES = (WEIGHTS_FILE, METADATA_FILE)  # no train_state.pt, logs or gradient norms
+
+
+def _served_members(cfg: StudyConfig, verb: str) -> list[tuple[str, str]]:
+    """(model, served name) of each net of the study but the one whose name is the default model's,
+    which keeps the committed, longer-trained default."""
+    members = []
+    for model in cfg.models:
+        if f"{model}-fmnist" == DEFAULT_MODEL_NAME:
+            log.info("%s: not %s over the default model %s", model, verb, DEFAULT_MODEL_NAME)
+        else:
+            members.append((model, f"{model}-fmnist"))
+    return members
+
+
+def publish_family(cfg: StudyConfig) -> dict[str, Path]:
+    """Copies each finished run's weights and metadata to ``cfg.checkpoints/<model>-fmnist/``, except
+    the default model's name (the committed default is not overwritten). A run that has not finished
+    with the study's settings is refused before anything is copied."""
+    runs = {}
+    for model, served in _served_members(cfg, "published"):
+        tc = train_config(cfg, model)
+        if _finished(tc) is None:
+            why = "it holds a run with other settings" if (Path(tc.out) / METADATA_FILE).is_file() else \
+                f"it has no {METADATA_FILE} (training has not finished)"
+            raise UserError(f"cannot publish {model}: {tc.out} is not a finished run of this study, {why}; "
+                            "run python -m models.study first")
+        runs[served] = Path(tc.out)
+    published = {}
+    for served, run in runs.items():
+        dest = cfg.checkpoints / served
+        if publish_checkpoint(run, dest):
+            log.info("published %s -> %s", run, dest)
+        else:
+            log.info("%s already holds these weights", dest)
+        published[served] = dest
+    return published
+
+
+def publish_checkpoint(run: Path, dest: Path) -> bool:
+    """Copies ``run``'s checkpoint (verified) into ``dest`` atomically: written and checked in a
+    staging folder beside it, then renamed into place, so ``dest`` is at every moment either absent,
+    the complete old checkpoint or the complete new one. False when ``dest`` is already identical."""
+    load_checkpoint(run)  # the weights' sha256 and architecture, as a one-line error
+    if dest.is_dir() and sorted(p.name for p in dest.iterdir()) == sorted(PUBLISHED_FILES) and all(
+            sha256_file(run / f) == sha256_file(dest / f) for f in PUBLISHED_FILES):
+        return False
+    ensure_writable_dir(dest.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    old = dest.parent / f"{staging.name}.old"
+    try:
+        for name in PUBLISHED_FILES:
+            shutil.copyfile(run / name, staging / name)
+        expected = json.loads((staging / METADATA_FILE).read_text()).get("weights_sha256")
+        if sha256_file(staging / WEIGHTS_FILE) != expected:
+            raise CheckpointError(f"{run / WEIGHTS_FILE} changed while it was copied; publish again")
+        staging.chmod(0o755)  # mkdtemp's 0700 would not suit a committed folder
+        if dest.exists():
+            os.replace(dest, old)
+        try:
+            os.replace(staging, dest)
+        except OSError:
+            if old.exists():
+                os.replace(old, dest)  # put the previous checkpoint back
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
 def register_family(cfg: StudyConfig) -> dict[str, str]:
     """Exports (fp32) and registers each trained net as ``<model>-fmnist``, except the
     default model's name, which keeps the committed, longer-trained default."""
-    from export.default_model import EXPORT_DIR
+    from export.default_model import EXPORT_DIR, FAMILY_PRECISIONS
     from export.pipeline import ExportConfig, export_model
     from export.store import find_registered
 
-    # fp32 only: on these short-trained nets int8 missed its 99% agreement gate (resnet56 94.5%) and
-    # resnet110's fp16 its 5e-3 error bound (7.5e-3), as the export verification measured.
-    precisions = ["fp32"]
+    precisions = FAMILY_PRECISIONS  # fp32 only, as make serve exports them (why: export/default_model.py)
     tags = {}
-    for model in cfg.models:
-        served = f"{model}-fmnist"
-        if served == DEFAULT_MODEL_NAME:
-            log.info("%s: not registered over the default model %s", model, DEFAULT_MODEL_NAME)
-            continue
+    for model, served in _served_members(cfg, "registered"):
         weights_sha = json.loads((cfg.runs / model / METADATA_FILE).read_text()).get("weights_sha256")
         tags[model] = find_registered(served, weights_sha, precisions)  # the same weights, already there
         if tags[model]:
@@ -143,6 +217,8 @@ def run_study(cfg: StudyConfig, command: str) -> dict[str, Any]:
     if cfg.epochs < 1:
         raise UserError("--epochs must be at least 1")
     metas = train_family(cfg, command)
+    if cfg.publish:
+        publish_family(cfg)
     tags = register_family(cfg) if cfg.register else {}
     if cfg.sweep_duration:
         sweep_family(cfg)
@@ -214,6 +290,8 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--out", type=Path, default=StudyConfig.out)
     p.add_argument("--latency", type=Path, help="a latency-by-depth results.json (default: the newest with *-fmnist)")
     p.add_argument("--register", action="store_true", help="export and register the trained nets for serving")
+    p.add_argument("--publish", action="store_true",
+                   help="copy the trained nets but resnet20 to models/checkpoints/<model>-fmnist/ (make serve's)")
     p.add_argument("--sweep", metavar="DURATION", help="run the latency sweep over the family first (e.g. 15s per load)")
     args = p.parse_args(argv)
     from models.registry import get_spec
@@ -226,7 +304,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(f"--latency {args.latency}: no such file")
     cfg = StudyConfig(models=models, epochs=args.epochs, train_limit=args.train_limit or None,
                       test_limit=args.test_limit or None, seed=args.seed, runs=args.runs, out=args.out,
-                      latency=args.latency, register=args.register, sweep_duration=args.sweep)
+                      latency=args.latency, register=args.register, publish=args.publish,
+                      sweep_duration=args.sweep)
     ensure_writable_dir(cfg.out)
     results = run_study(cfg, "python -m models.study " + shlex.join(sys.argv[1:]))
     for path in write_report(results, cfg.out):

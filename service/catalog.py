@@ -50,21 +50,27 @@ def resolve_models(config: ServiceConfig, verify_checksums: bool = False) -> lis
         except NotFound:
             raise ModelUnavailable(
                 f"model {name!r} is not in the BentoML store: export it with "
-                f"'python -m export --model ... --register' (make serve does this for the default)") from None
+                f"'python -m export --model ... --register' (make serve does this for the default served set)") from None
         except BentoMLException as e:  # a damaged store entry (model.yaml unreadable, ...)
             raise ModelUnavailable(f"model {name!r}: its BentoML store entry cannot be read ({e})") from None
-        path = Path(stored.path_of(f"model.{precision}.onnx"))
+        own = precision
+        if config.precision == "auto" and own != "fp32" and not Path(stored.path_of(f"model.{own}.onnx")).is_file():
+            # auto chose fp16 (CUDA), but the model was registered without it (the depth-study
+            # family, fp32 only: export.default_model): serve its fp32 file rather than refuse.
+            log.info("%s has no %s file: serving it in fp32", stored.tag, own)
+            own = "fp32"
+        path = Path(stored.path_of(f"model.{own}.onnx"))
         meta_path = path.with_suffix(".json")
         for needed in (path, meta_path):
             if not needed.is_file():
-                raise ModelUnavailable(f"{stored.tag}: {needed} is missing; re-export it with --precision {precision}")
+                raise ModelUnavailable(f"{stored.tag}: {needed} is missing; re-export it with --precision {own}")
         try:
             meta = json.loads(meta_path.read_text())
         except ValueError as e:
             raise ModelUnavailable(f"{stored.tag}: {meta_path} is not valid JSON ({e})") from None
         if verify_checksums:
             verify_checksum(str(stored.tag), path, meta)
-        served.append(ServedModel(name, str(stored.tag), precision, path, meta))
+        served.append(ServedModel(name, str(stored.tag), own, path, meta))
     return served
 
 

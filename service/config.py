@@ -2,7 +2,7 @@
 
 | variable | default | meaning |
 | --- | --- | --- |
-| RESNET_MODELS | resnet20-fmnist | comma-separated served names from the BentoML store (first = default) |
+| RESNET_MODELS | resnet20-fmnist,resnet32-fmnist,...,plain56-fmnist (models.default.DEFAULT_SERVED_MODELS) | comma-separated served names from the BentoML store (first = default) |
 | RESNET_PRECISION | auto | fp32, fp16 or int8; auto = fp16 on CUDA, fp32 on the CPU |
 | RESNET_DEVICE | auto | auto (CUDA if onnxruntime can use it), cuda or cpu |
 | RESNET_DEVICE_ID | 0 | CUDA device |
@@ -11,6 +11,7 @@
 | RESNET_BATCHING | on | off = one onnxruntime call per image (for measuring batching on against off) |
 | RESNET_API_WORKERS | cores | processes that decode and preprocess uploads |
 | RESNET_ENGINE_THREADS | cores | onnxruntime intra-op threads of the engine process (CPU provider) |
+| RESNET_ENGINE_SPIN | off | on = onnxruntime's intra-op threads busy-wait between runs (its default), taking CPU from the API workers |
 | RESNET_MAX_IMAGE_BYTES | 10485760 | largest accepted upload, per image |
 | RESNET_MAX_PIXELS | 40000000 | largest accepted width x height |
 | RESNET_MAX_BODY_BYTES | 33554432 | largest request body (413 above it) |
@@ -19,6 +20,7 @@
 | RESNET_CUDA_GRAPHS | off | on = one captured CUDA graph per batch bucket (CUDA provider only; off until measured) |
 | RESNET_PREFER_NHWC | off | on = the CUDA provider's NHWC convolution kernels (`prefer_nhwc`; CUDA only) |
 | RESNET_MAX_INFLIGHT | 24 | classify requests in progress at once in each API worker; more get 503 + Retry-After at once |
+| RESNET_ADMIT_TARGET_MS | 0 | > 0: while the requests an API worker admitted spend longer than this in it on average, it admits fewer than RESNET_MAX_INFLIGHT (0 = off; see README) |
 | RESNET_RETRY_AFTER_S | 1 | the Retry-After of every 503 |
 | RESNET_BODY_TIMEOUT_S | 30 | a request body not received in full within this time gets 408 and the connection is closed |
 | RESNET_DRAIN_QUIET_S | 1 | after SIGTERM the engine keeps serving until no request has come for this long ... |
@@ -29,7 +31,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from models.default import DEFAULT_MODEL_NAME
+from models.default import DEFAULT_SERVED_MODELS
 
 
 def _int(name: str, default: int, minimum: int = 1) -> int:
@@ -88,6 +90,8 @@ class ServiceConfig:
     body_timeout_s: int = 30
     drain_quiet_s: float = 1.0
     drain_max_s: float = 30.0
+    engine_spin: bool = False
+    admit_target_ms: int = 0
 
     @property
     def default_model(self) -> str:
@@ -96,7 +100,8 @@ class ServiceConfig:
 
 def load_config() -> ServiceConfig:
     cores = os.cpu_count() or 1
-    models = tuple(m.strip() for m in (os.environ.get("RESNET_MODELS") or DEFAULT_MODEL_NAME).split(",") if m.strip())
+    models = tuple(m.strip() for m in (os.environ.get("RESNET_MODELS") or ",".join(DEFAULT_SERVED_MODELS)).split(",")
+                   if m.strip())
     if not models:
         raise ValueError("RESNET_MODELS names no model")
     return ServiceConfig(
@@ -125,4 +130,8 @@ def load_config() -> ServiceConfig:
         body_timeout_s=_int("RESNET_BODY_TIMEOUT_S", 30),
         drain_quiet_s=_float("RESNET_DRAIN_QUIET_S", 1.0),
         drain_max_s=_float("RESNET_DRAIN_MAX_S", 30.0),
+        # Off by default: one target for every served model would shed the clients of a slow one
+        # (resnet152 takes ~110 ms per image alone on a 2-core CPU). README, "Service".
+        admit_target_ms=_int("RESNET_ADMIT_TARGET_MS", 0, minimum=0),
+        engine_spin=_choice("RESNET_ENGINE_SPIN", "off", ("on", "off")) == "on",
     )

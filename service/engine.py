@@ -33,6 +33,11 @@ class EngineOptions:
     device: str = "auto"  # auto, cuda, cpu
     device_id: int = 0
     threads: int = 1  # intra-op threads for the CPU provider
+    # onnxruntime's intra-op threads spin (busy-wait) after each run by default. In the service the
+    # API workers decode images on the same cores, so a spinning engine takes their CPU: on 2 cores
+    # the engine used 1.2 cores to serve 28 requests/s from one client, and 16 clients got 134 req/s
+    # spinning against 223 without (README, "Service").
+    spin: bool = False
     max_batch_size: int = 32
     # CUDA only (ignored on the CPU provider); off until measured on the GPU (loadtests/gpu).
     cuda_graphs: bool = False  # one captured CUDA graph per batch bucket, fixed device buffers
@@ -43,7 +48,7 @@ class EngineOptions:
         """The engine options that the service's settings (``service/config.py``) ask for."""
         return cls(device=config.device, device_id=config.device_id, threads=config.engine_threads,
                    max_batch_size=config.max_batch_size, cuda_graphs=config.cuda_graphs,
-                   prefer_nhwc=config.prefer_nhwc)
+                   prefer_nhwc=config.prefer_nhwc, spin=config.engine_spin)
 
 
 def cuda_provider_options(device_id: int, prefer_nhwc: bool = False, cuda_graph: bool = False) -> dict[str, Any]:
@@ -77,6 +82,9 @@ class OnnxEngine:
             raise RuntimeError(f"RESNET_DEVICE=cuda but no usable CUDA device (providers: {ort.get_available_providers()})")
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        if not options.spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers: list = [CPU]
         if want_cuda:
             providers = [(CUDA, cuda_provider_options(options.device_id, options.prefer_nhwc)), CPU]

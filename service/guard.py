@@ -4,8 +4,9 @@ before it queues.
 
 * a body over the byte limit: 413, by Content-Length when given, by counting otherwise; a body not
   received in full within ``body_timeout_s`` (a client that stalls mid-upload): 408;
-* admission: at most ``max_inflight`` classify requests in progress in this worker; beyond that,
-  503 with ``Retry-After`` at once, so latency stays bounded instead of growing with a queue.
+* admission: at most ``max_inflight`` classify requests in progress in this worker (if set, fewer while
+  the ones admitted spend over ``admit_target_s`` in it on average: service/admission.py); beyond
+  that, 503 with ``Retry-After`` at once, so latency stays bounded instead of growing with a queue.
   (BentoML's own ``max_concurrency`` answers 429 without Retry-After, from a middleware outside
   this one, where no setting can change it.) The body is read before admission, so slow uploads
   hold no admission slot;
@@ -17,18 +18,23 @@ before it queues.
 * every 4xx and 503 the API answers leaves as ``{"error": ..., "code": ...}`` (BentoML's own, such
   as its validation errors or a JSON list, are rewritten; see service/responses.py), and every
   503 carries ``Retry-After``;
-* ``GET /models`` is served by the ``/models`` API (BentoML APIs are POST-only).
+* ``GET /models`` is served by the ``/models`` API (BentoML APIs are POST-only);
+* after SIGTERM every response carries ``Connection: close`` (service/drain.py).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from service.admission import AdaptiveLimit
+from service.drain import close_when_shutting_down
 from service.responses import ErrorShaper
 
 # route -> (file field, may repeat)
@@ -48,14 +54,18 @@ class _ClientGone(Exception):
 
 class RequestGuard:
     def __init__(self, app: Any, max_body_bytes: int, max_files: int, max_inflight: int = 1 << 30,
-                 retry_after_s: int = 1, body_timeout_s: float = 30.0) -> None:
+                 retry_after_s: int = 1, body_timeout_s: float = 30.0, admit_target_s: float = 0.0,
+                 on_refuse: Callable[[int, str], None] | None = None) -> None:
         self.app, self.max_body_bytes, self.max_files = app, max_body_bytes, max_files
-        self.max_inflight, self.retry_after_s, self.body_timeout_s = max_inflight, retry_after_s, body_timeout_s
+        self.on_refuse = on_refuse  # counts each refusal (the service feeds a Prometheus counter)
+        self.retry_after_s, self.body_timeout_s = retry_after_s, body_timeout_s
+        self.admission = AdaptiveLimit(max_inflight, admit_target_s, min_limit=min(2, max_inflight))
         self.inflight = 0  # classify requests admitted and not yet answered, in this worker (one event loop)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = close_when_shutting_down(send)
         path, method = scope.get("path", ""), scope.get("method")
         if path == "/models" and method == "GET":
             return await self.app(*_as_post_json(scope), ErrorShaper(send, self.retry_after_s))
@@ -65,34 +75,42 @@ class RequestGuard:
         headers = {k.lower(): v for k, v in scope.get("headers") or []}
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            return await _refuse(send, 413, "body_too_large", f"request body over the {self.max_body_bytes}-byte limit",
-                                 close=True)
+            return await self._refuse(send, 413, "body_too_large",
+                                      f"request body over the {self.max_body_bytes}-byte limit", close=True)
         if path not in FILE_ROUTES:
             return await self.app(scope, receive, send)
         try:
             body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
         except _TooLarge:
-            return await _refuse(send, 413, "body_too_large", f"request body over the {self.max_body_bytes}-byte limit",
-                                 close=True)
+            return await self._refuse(send, 413, "body_too_large",
+                                      f"request body over the {self.max_body_bytes}-byte limit", close=True)
         except _ClientGone:
             return None  # nobody is left to answer
         except asyncio.TimeoutError:
-            return await _refuse(send, 408, "body_timeout",
-                                 f"the request body was not received in full within {self.body_timeout_s:g} s",
-                                 close=True)
-        if self.inflight >= self.max_inflight:
-            return await _refuse(send, 503, "overloaded",
-                                 f"the service is at capacity ({self.max_inflight} requests in progress in this "
-                                 f"worker); retry after {self.retry_after_s} s",
-                                 extra=[(b"retry-after", str(self.retry_after_s).encode())])
+            return await self._refuse(send, 408, "body_timeout",
+                                      f"the request body was not received in full within {self.body_timeout_s:g} s",
+                                      close=True)
+        if not self.admission.admits(self.inflight):
+            return await self._refuse(send, 503, "overloaded",
+                                      f"the service is at capacity ({self.inflight} requests in progress in this "
+                                      f"worker); retry after {self.retry_after_s} s",
+                                      extra=[(b"retry-after", str(self.retry_after_s).encode())])
         self.inflight += 1
+        admitted = time.monotonic()
         try:
             problem = await self._check_form(scope, body, *FILE_ROUTES[path])
             if problem:
-                return await _refuse(send, *problem)
+                return await self._refuse(send, *problem)
             return await self.app(scope, _replay(body), send)
         finally:
             self.inflight -= 1
+            self.admission.record(time.monotonic() - admitted)
+
+    async def _refuse(self, send: Any, status: int, code: str, message: str, close: bool = False,
+                      extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        if self.on_refuse is not None:
+            self.on_refuse(status, code)
+        await _refuse(send, status, code, message, close, extra)
 
     async def _read_body(self, receive: Any) -> bytes:
         chunks, size = [], 0

@@ -56,3 +56,94 @@ def test_study_refuses_a_finished_run_with_other_settings(tiny_study):
                         out=cfg.out)
     with pytest.raises(UserError, match="other settings"):
         run_study(other, "test")
+
+
+def _finished_run(cfg: StudyConfig, model: str) -> None:
+    """A run folder as models.train leaves it when finished, without training (metadata from the
+    study's own settings, random weights), plus the files that must not be published."""
+    from dataclasses import asdict
+
+    from models import create_model
+    from models.checkpoint import save_checkpoint
+    from models.study import train_config
+
+    tc = train_config(cfg, model)
+    meta = {"model": model, "dataset": "fashion-mnist", "num_classes": 10, "class_names": list("abcdefghij"),
+            "input_shape": [1, 28, 28], "channel_mode": "L", "mean": [0.5], "std": [0.5], "config": asdict(tc)}
+    save_checkpoint(cfg.runs / model, create_model(model, in_channels=1, num_classes=10), meta)
+    for extra in ("train_state.pt", "grad_norms.json"):
+        (cfg.runs / model / extra).write_text("not published")
+
+
+@pytest.fixture
+def publishable(tmp_path):
+    cfg = StudyConfig(models=("resnet20", "plain20"), epochs=1, runs=tmp_path / "runs",
+                      checkpoints=tmp_path / "checkpoints", publish=True)
+    for model in cfg.models:
+        _finished_run(cfg, model)
+    return cfg
+
+
+def test_publish_copies_weights_and_metadata_but_not_over_the_default(publishable):
+    from models.checkpoint import load_checkpoint
+    from models.study import publish_family
+
+    cfg = publishable
+    assert publish_family(cfg) == {"plain20-fmnist": cfg.checkpoints / "plain20-fmnist"}
+    dest = cfg.checkpoints / "plain20-fmnist"
+    assert sorted(p.name for p in dest.iterdir()) == ["metadata.json", "model.safetensors"]
+    assert (dest / "model.safetensors").read_bytes() == (cfg.runs / "plain20" / "model.safetensors").read_bytes()
+    assert load_checkpoint(dest)[1]["model"] == "plain20"
+    assert sorted(p.name for p in cfg.checkpoints.iterdir()) == ["plain20-fmnist"]  # no resnet20, no staging left
+    before = (dest / "model.safetensors").stat().st_mtime_ns
+    publish_family(cfg)  # the same weights again: nothing rewritten
+    assert (dest / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_publish_replaces_a_checkpoint_whole_or_not_at_all(publishable, monkeypatch):
+    import shutil
+
+    from models.study import publish_family
+
+    cfg = publishable
+    dest = cfg.checkpoints / "plain20-fmnist"
+    dest.mkdir(parents=True)
+    (dest / "metadata.json").write_text("{}")
+    (dest / "stale.txt").write_text("old")
+    copy = shutil.copyfile
+
+    def fail_on_metadata(src, dst, *a, **k):
+        if str(dst).endswith("metadata.json"):
+            raise OSError("disk full")
+        return copy(src, dst, *a, **k)
+
+    monkeypatch.setattr(shutil, "copyfile", fail_on_metadata)
+    with pytest.raises(OSError, match="disk full"):
+        publish_family(cfg)
+    assert sorted(p.name for p in cfg.checkpoints.iterdir()) == ["plain20-fmnist"]  # no staging folder left
+    assert sorted(p.name for p in dest.iterdir()) == ["metadata.json", "stale.txt"]  # the old one, untouched
+    monkeypatch.setattr(shutil, "copyfile", copy)
+    publish_family(cfg)
+    assert sorted(p.name for p in dest.iterdir()) == ["metadata.json", "model.safetensors"]
+    assert sorted(p.name for p in cfg.checkpoints.iterdir()) == ["plain20-fmnist"]
+
+
+@pytest.mark.parametrize("state", ["unfinished", "other settings", "corrupt"])
+def test_publish_refuses_a_run_it_cannot_vouch_for(publishable, state):
+    from models.study import publish_family
+
+    cfg = publishable
+    run = cfg.runs / "plain20"
+    if state == "unfinished":  # training stopped after an epoch: only its resumable state
+        (run / "metadata.json").unlink()
+        words = "plain20: .* is not a finished run of this study, it has no metadata.json"
+    elif state == "other settings":
+        cfg.epochs = 2
+        words = "plain20: .* is not a finished run of this study, it holds a run with other settings"
+    else:
+        data = (run / "model.safetensors").read_bytes()
+        (run / "model.safetensors").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        words = "sha256 does not match the metadata"
+    with pytest.raises(UserError, match=words):
+        publish_family(cfg)
+    assert not cfg.checkpoints.exists() or not any(cfg.checkpoints.iterdir())
