@@ -73,7 +73,20 @@ def summarize(outcomes: Sequence[Outcome], seconds: float) -> dict[str, Any]:
             "ok_per_s": len(good) / seconds if seconds > 0 else None,
             "bad_200": statuses.get("200", 0) - len(good), "shed_503": len(shed),
             "shed_with_retry_after": len(retry_after), "ok_latency": percentiles_ms([o.latency for o in good]),
-            "shed_latency": percentiles_ms([o.latency for o in shed])}
+            "shed_latency": percentiles_ms([o.latency for o in shed]), "shed_reasons": _shed_reasons(shed)}
+
+
+def _shed_reasons(shed: Sequence[Outcome]) -> dict[str, int]:
+    """503s by who shed them: the API worker's admission ("at capacity"), the engine's batching
+    ("model queue is full") or an engine that is away: the JSON code and the message's start."""
+    reasons: Counter = Counter()
+    for o in shed:
+        try:
+            body = json.loads(o.body)
+            reasons[f"{body.get('code')}: {str(body.get('error'))[:28]}"] += 1
+        except (ValueError, AttributeError):
+            reasons["not JSON"] += 1
+    return dict(reasons.most_common())
 
 
 class MemorySampler:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from models.cli import run_cli
+from models.files import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def soak_section(r: dict[str, Any]) -> list[str]:
         f"`python -m service.soak_bench` ({_machine(r)}): {r['settings']['fraction']:.0%} of a saturation rate of "
         f"{r['saturation']['ok_per_s']:.1f}/s measured in the same run ({r['settings']['clients']} closed-loop clients), "
         f"that is {s['rate_per_s']:.1f} requests/s for {s['seconds'] / 60:.1f} min, open loop; {_admission(c)}.", "",
-        f"- requests sent {s['sent']}, good 200s {s['ok']}, failed {s['failed']} ({s['by_status']})",
+        f"- requests sent {s['sent']}, good 200s {s['ok']}, failed {s['failed']} ({s['by_status']})"
+        + (f"; 503s by who shed them: {s['shed_reasons']}" if s.get("shed_reasons") else ""),
         f"- latency of good answers: p50 {_ms(s['ok_latency']['p50_ms'])}, p99 {_ms(s['ok_latency']['p99_ms'])}, "
         f"max {_ms(s['ok_latency']['max_ms'])}",
         f"- resident memory of the process tree: {_mib(s['rss_after_warmup_mib'])} after "
@@ -227,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m service.reliability_report", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("reports/reliability"))
-    log.info("wrote %s", write_report(p.parse_args(argv).out))
+    log.info("wrote %s", write_report(ensure_writable_dir(p.parse_args(argv).out)))
     return 0
 
 
