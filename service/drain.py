@@ -51,14 +51,21 @@ class ActivityMiddleware:
             ACTIVITY.last = time.monotonic()
 
 
+def _server_sigterm_handler() -> Any:
+    """The SIGTERM handler the server (uvicorn) installed, for a wrapper to call; None off the main
+    thread (signal handlers live there) or when no server handler is set."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    return previous if callable(previous) else None
+
+
 def defer_sigterm(quiet_s: float, max_s: float, activity: Activity = ACTIVITY) -> bool:
     """Wraps the SIGTERM handler installed by the server (uvicorn's) so that it runs only once this
     process has been idle for ``quiet_s`` (or ``max_s`` have passed). Returns False, changing
     nothing, off the main thread (signal handlers live there) or when no server handler is set."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    previous = signal.getsignal(signal.SIGTERM)
-    if not callable(previous):
+    previous = _server_sigterm_handler()
+    if previous is None:
         return False
     draining = threading.Event()
 
@@ -95,10 +102,8 @@ def note_sigterm() -> bool:
     on: in 4 of 10 runs with 12 clients an API worker kept serving for 30 s after SIGTERM, until
     the engine had gone and its requests timed out (``python -m service.fault_bench``). Returns
     False, changing nothing, off the main thread or when no server handler is set."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    previous = signal.getsignal(signal.SIGTERM)
-    if not callable(previous):
+    previous = _server_sigterm_handler()
+    if previous is None:
         return False
 
     def on_sigterm(sig: int, frame: Any) -> None:

@@ -3,6 +3,7 @@
 watch and how they summarise what came back."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from loadtests.aio_http import Outcome, build_request
+from loadtests.aio_http import Outcome, build_request, closed_loop
 from loadtests.hostile import MULTIPART, image_form
 from loadtests.http_load import ServeProcess
 from models.errors import UserError
@@ -87,6 +88,15 @@ def _shed_reasons(shed: Sequence[Outcome]) -> dict[str, int]:
         except (ValueError, AttributeError):
             reasons["not JSON"] += 1
     return dict(reasons.most_common())
+
+
+def measure_saturation(port: int, pick: Any, clients: int, seconds: float) -> dict[str, Any]:
+    """The saturation rate: ``clients`` closed-loop clients for ``seconds``, summarized; a one-line
+    error when none of their requests was answered well."""
+    saturation = summarize(asyncio.run(closed_loop("127.0.0.1", port, pick, clients, seconds)), seconds)
+    if not saturation["ok_per_s"]:
+        raise UserError(f"no good answer at saturation: {saturation['by_status']}")
+    return saturation
 
 
 class MemorySampler:

@@ -42,16 +42,7 @@ def _machine(r: dict[str, Any]) -> str:
     return f"{m['cpu_model']}, {m['cpu_count']} cores, started {r.get('started', '?')}{other}"
 
 
-def _overload_memory(o: dict[str, Any]) -> list[float | None]:
-    if "memory_thirds" in o:
-        return [m["max_mib"] for m in o["memory_thirds"]]
-    return [o["memory_first_half"]["max_mib"], o["memory_second_half"]["max_mib"]]  # results before thirds
-
-
 def _recovery(rec: dict[str, Any]) -> str:
-    if "healthy_within_ms" in rec:  # results measured before the windowed definition
-        return (f"Recovery: answers good within the saturation p99 ({_ms(rec['healthy_within_ms'])}) from "
-                f"{_sec(rec['recovery_s'])} after the load dropped.")
     return (f"Recovery: from {_sec(rec['recovery_s'])} after the load dropped, every {rec['window_s']:g} s window of "
             f"answers was all good 200s with a median within the saturation p50 ({_ms(rec['healthy_median_within_ms'])}); "
             + (f"no answer was slower than the saturation p99 ({_ms(rec['slow_over_ms'])}) or not a good 200."
@@ -61,7 +52,7 @@ def _recovery(rec: dict[str, Any]) -> str:
 
 
 def _admission(c: dict[str, Any]) -> str:
-    target = c.get("admit_target_ms")  # absent from results measured before the adaptive limit
+    target = c["admit_target_ms"]
     adaptive = f", fewer while admitted requests average over {target} ms (RESNET_ADMIT_TARGET_MS)" if target else ""
     return (f"admission: at most {c['max_inflight']} requests in progress in each of {c['api_workers']} API workers "
             f"(RESNET_MAX_INFLIGHT){adaptive}")
@@ -81,7 +72,7 @@ def overload_section(r: dict[str, Any]) -> list[str]:
         f"| overload {r['settings']['factor']:g}x, {r['settings']['overload_seconds']:g} s | {o['offered_per_s']:.0f}/s "
         f"({o['sent']} requests) | {o['ok_per_s']:.1f} | {o['shed_503']} ({o['shed_with_retry_after']}) | "
         f"{r['criteria']['other_outcomes']} | {_ms(o['ok_latency']['p50_ms'])} | {_ms(o['ok_latency']['p99_ms'])} | "
-        f"{_ms(o['ok_latency']['max_ms'])} | {_mib(_overload_memory(o)[-1])} |",
+        f"{_ms(o['ok_latency']['max_ms'])} | {_mib(o['memory_thirds'][-1]['max_mib'])} |",
         f"| recovery, {r['settings']['recovery_seconds']:g} s | {rec['rate_per_s']:.0f}/s ({rec['sent']} requests) | "
         f"{rec['ok_per_s']:.1f} | {rec['shed_503']} ({rec['shed_with_retry_after']}) | "
         f"{rec['sent'] - rec['ok'] - rec['shed_503']} | {_ms(rec['ok_latency']['p50_ms'])} | "
@@ -89,9 +80,8 @@ def overload_section(r: dict[str, Any]) -> list[str]:
         "",
         f"Under overload, accepted p99 {_ms(o['ok_latency_first_third']['p99_ms'])} in the first third of the window "
         f"and {_ms(o['ok_latency_last_third']['p99_ms'])} in the last; 503s answered in p99 "
-        f"{_ms(o['shed_latency']['p99_ms'])}. Resident memory of the whole process tree, max per "
-        f"{'half' if len(_overload_memory(o)) == 2 else 'third'} of the window: "
-        f"{', '.join(_mib(v) for v in _overload_memory(o))}. {_recovery(rec)} "
+        f"{_ms(o['shed_latency']['p99_ms'])}. Resident memory of the whole process tree, max per third "
+        f"of the window: {', '.join(_mib(m['max_mib']) for m in o['memory_thirds'])}. {_recovery(rec)} "
         f"The load generator used {o['load_generator_cores']:.2f} cores of the same machine. Refusal capacity "
         f"(requests answered at once with a 4xx, 32 closed-loop clients, 5 s): {r['refusal_capacity_per_s']:.0f}/s, "
         f"against {o['offered_per_s'] - s['ok_per_s']:.0f}/s that overload offers beyond saturation.", "",
