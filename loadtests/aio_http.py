@@ -10,6 +10,7 @@ the one outcome a graceful shutdown must never produce.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import deque
 from collections.abc import Callable
@@ -148,21 +149,31 @@ async def open_loop(host: str, port: int, request: Callable[[int], bytes], rate:
             idle.append(conn)
 
     n = int(rate * seconds)
-    for i in range(n):
-        delay = t0 + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if not idle and busy >= max_connections:
-            outcomes.append(Outcome(i / rate, 0.0, NOT_SENT))
-            continue
-        busy += 1
-        task = asyncio.create_task(one(i, idle.popleft() if idle else None))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    if tasks:
-        await asyncio.wait(list(tasks))
-    for conn in idle:
-        conn.close()
+    freeze_every = max(1, int(rate))  # about once a second
+    try:
+        for i in range(n):
+            if i % freeze_every == 0:
+                # The outcomes kept so far are never garbage; frozen, the generator's collector stops
+                # traversing them. Unfrozen, its full collections grew with the run (147 ms after 4
+                # minutes at 232 requests/s, measured), and each sent the requests due meanwhile in
+                # one burst the server saw as a load spike the schedule does not have.
+                gc.freeze()
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not idle and busy >= max_connections:
+                outcomes.append(Outcome(i / rate, 0.0, NOT_SENT))
+                continue
+            busy += 1
+            task = asyncio.create_task(one(i, idle.popleft() if idle else None))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(list(tasks))
+    finally:
+        gc.unfreeze()
+        for conn in idle:
+            conn.close()
     return outcomes
 
 

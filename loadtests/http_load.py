@@ -25,6 +25,7 @@ from loadtests.corpus import BOUNDARY, multipart_body
 from models.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PORT_CLASH_RELAUNCHES = 2
 READY_TIMEOUT_S = 180  # start-up includes onnxruntime warm-up (cuDNN's algorithm search on CUDA)
 TRACE = re.compile(r"trace=(\w+)")  # in BentoML's access log lines
 METRICS = ("resnet_batch_size", "resnet_inference_seconds", "resnet_preprocess_seconds")
@@ -63,20 +64,33 @@ class ServeProcess:
 
     def __init__(self, env: dict[str, str], log_dir: Path, name: str,
                  target: str = "service.service:Classifier", cwd: Path = REPO_ROOT) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).parent / "bentoml"
-        cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "bentoml"]
+        self._cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "bentoml"]
+        self._env, self._target, self._cwd = env, target, cwd
         self.log_path = log_dir / f"serve-{name.replace(' ', '-')}.log"
         self._log = open(self.log_path, "w")
+        self._launch()
+
+    def _launch(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [*cmd, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [*self._cmd, "serve", self._target, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self._cwd, env=self._env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
         t0 = time.monotonic()
+        relaunches = PORT_CLASH_RELAUNCHES
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
+                # free_port's port is free when picked, not when bentoml binds it: another process
+                # (BentoML's own choice of the engine's port, once) can take it in between.
+                if relaunches and "Errno 98] Address already in use" in self.log_tail(600):
+                    relaunches -= 1
+                    self._log.write(f"\n[http_load] port {self.port} was taken meanwhile; again on another\n")
+                    self._log.flush()
+                    self._launch()
+                    continue
                 raise UserError(f"bentoml serve exited with status {self.proc.returncode}: {self.log_tail()}")
             try:
                 if self.get("/readyz")[0] == 200:

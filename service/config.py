@@ -20,6 +20,7 @@
 | RESNET_CUDA_GRAPHS | off | on = one captured CUDA graph per batch bucket (CUDA provider only; off until measured) |
 | RESNET_PREFER_NHWC | off | on = the CUDA provider's NHWC convolution kernels (`prefer_nhwc`; CUDA only) |
 | RESNET_MAX_INFLIGHT | 24 | classify requests in progress at once in each API worker; more get 503 + Retry-After at once |
+| RESNET_ADMIT_WAIT_MS | 250 | a request that finds its API worker at the cap waits this long for a slot (behind at most RESNET_MAX_INFLIGHT others) before its 503 (0 = 503 at once) |
 | RESNET_ADMIT_TARGET_MS | 0 | > 0: while the requests an API worker admitted spend longer than this in it on average, it admits fewer than RESNET_MAX_INFLIGHT (0 = off; see README) |
 | RESNET_RETRY_AFTER_S | 1 | the Retry-After of every 503 |
 | RESNET_BODY_TIMEOUT_S | 30 | a request body not received in full within this time gets 408 and the connection is closed |
@@ -92,6 +93,7 @@ class ServiceConfig:
     drain_max_s: float = 30.0
     engine_spin: bool = False
     admit_target_ms: int = 0
+    admit_wait_ms: int = 250
 
     @property
     def default_model(self) -> str:
@@ -133,5 +135,8 @@ def load_config() -> ServiceConfig:
         # Off by default: one target for every served model would shed the clients of a slow one
         # (resnet152 takes ~110 ms per image alone on a 2-core CPU). README, "Service".
         admit_target_ms=_int("RESNET_ADMIT_TARGET_MS", 0, minimum=0),
+        # A congestion episode of 1-2 s at 70% of saturation (time in the worker ~200 ms) passed the
+        # cap for a moment and was refused; 250 ms of waiting absorbs it (README, "Service").
+        admit_wait_ms=_int("RESNET_ADMIT_WAIT_MS", 250, minimum=0),
         engine_spin=_choice("RESNET_ENGINE_SPIN", "off", ("on", "off")) == "on",
     )

@@ -5,8 +5,10 @@ before it queues.
 * a body over the byte limit: 413, by Content-Length when given, by counting otherwise; a body not
   received in full within ``body_timeout_s`` (a client that stalls mid-upload): 408;
 * admission: at most ``max_inflight`` classify requests in progress in this worker (if set, fewer while
-  the ones admitted spend over ``admit_target_s`` in it on average: service/admission.py); beyond
-  that, 503 with ``Retry-After`` at once, so latency stays bounded instead of growing with a queue.
+  the ones admitted spend over ``admit_target_s`` in it on average); beyond that a request waits
+  for a slot for at most ``admit_wait_s``, behind at most ``max_inflight`` others, and otherwise
+  gets 503 with ``Retry-After``, so latency stays bounded instead of growing with a queue
+  (service/admission.py).
   (BentoML's own ``max_concurrency`` answers 429 without Retry-After, from a middleware outside
   this one, where no setting can change it.) The body is read before admission, so slow uploads
   hold no admission slot;
@@ -33,7 +35,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from service.admission import AdaptiveLimit
+from service.admission import AdaptiveLimit, AdmissionGate
 from service.drain import close_when_shutting_down
 from service.responses import ErrorShaper
 
@@ -55,12 +57,13 @@ class _ClientGone(Exception):
 class RequestGuard:
     def __init__(self, app: Any, max_body_bytes: int, max_files: int, max_inflight: int = 1 << 30,
                  retry_after_s: int = 1, body_timeout_s: float = 30.0, admit_target_s: float = 0.0,
-                 on_refuse: Callable[[int, str], None] | None = None) -> None:
+                 admit_wait_s: float = 0.0, on_refuse: Callable[[int, str], None] | None = None) -> None:
         self.app, self.max_body_bytes, self.max_files = app, max_body_bytes, max_files
         self.on_refuse = on_refuse  # counts each refusal (the service feeds a Prometheus counter)
         self.retry_after_s, self.body_timeout_s = retry_after_s, body_timeout_s
-        self.admission = AdaptiveLimit(max_inflight, admit_target_s, min_limit=min(2, max_inflight))
-        self.inflight = 0  # classify requests admitted and not yet answered, in this worker (one event loop)
+        # Classify requests in progress in this worker (one event loop), and those waiting for a slot.
+        self.gate = AdmissionGate(AdaptiveLimit(max_inflight, admit_target_s, min_limit=min(2, max_inflight)),
+                                  wait_s=admit_wait_s, max_waiting=max_inflight)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -90,12 +93,12 @@ class RequestGuard:
             return await self._refuse(send, 408, "body_timeout",
                                       f"the request body was not received in full within {self.body_timeout_s:g} s",
                                       close=True)
-        if not self.admission.admits(self.inflight):
+        if not await self.gate.enter():
+            gate = self.gate
             return await self._refuse(send, 503, "overloaded",
-                                      f"the service is at capacity ({self.inflight} requests in progress in this "
-                                      f"worker); retry after {self.retry_after_s} s",
+                                      f"the service is at capacity ({gate.inflight} requests in progress and "
+                                      f"{gate.waiting} waiting in this worker); retry after {self.retry_after_s} s",
                                       extra=[(b"retry-after", str(self.retry_after_s).encode())])
-        self.inflight += 1
         admitted = time.monotonic()
         try:
             problem = await self._check_form(scope, body, *FILE_ROUTES[path])
@@ -103,8 +106,7 @@ class RequestGuard:
                 return await self._refuse(send, *problem)
             return await self.app(scope, _replay(body), send)
         finally:
-            self.inflight -= 1
-            self.admission.record(time.monotonic() - admitted)
+            self.gate.leave(time.monotonic() - admitted)
 
     async def _refuse(self, send: Any, status: int, code: str, message: str, close: bool = False,
                       extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -48,7 +48,7 @@ from loadtests.http_load import background_busy
 from models.cli import run_cli
 from models.files import ensure_writable_dir
 from models.errors import UserError
-from service.reliability_common import (MemorySampler, classification_ok, finish, good_requests, measure_saturation,
+from service.reliability_common import (ProcessTreeSampler, classification_ok, finish, good_requests, measure_saturation,
                                         mib, percentiles_ms, run_header, start_server, summarize)
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def run_overload(clients: int = 16, saturation_seconds: float = 20.0, factor: fl
     with tempfile.TemporaryDirectory(prefix="overload-bench-") as tmp:
         server = start_server(env, Path(tmp), "overload")
         try:
-            with MemorySampler(server.proc.pid) as memory:
+            with ProcessTreeSampler(server.proc.pid) as memory:
                 asyncio.run(closed_loop("127.0.0.1", server.port, pick, clients, warmup))
                 log.info("saturation: %d closed-loop clients for %.0f s", clients, saturation_seconds)
                 t_sat = time.monotonic()

@@ -99,36 +99,67 @@ def measure_saturation(port: int, pick: Any, clients: int, seconds: float) -> di
     return saturation
 
 
-class MemorySampler:
-    """Resident memory of a process and all its descendants (the whole ``bentoml serve`` tree),
-    sampled every ``interval`` seconds on a thread."""
+class ProcessTreeSampler:
+    """Every ``interval`` seconds, on a thread: the resident memory of a process and all its
+    descendants (the whole ``bentoml serve`` tree), and where the machine's CPU went since the last
+    sample (that tree, this process, the load generator, and everything else: other tenants, and
+    time the hypervisor gave to other machines, "steal")."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, int]] = []  # (monotonic seconds, bytes)
+        self.cpu: list[dict[str, float]] = []  # per interval: t (its end) and cores used by each party
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._tree_cpu: dict[int, float] = {}
 
-    def rss(self) -> int:
+    def _tree(self) -> list[psutil.Process]:
         try:
             root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
+            return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return 0
+            return []
+
+    def rss(self) -> int:
         total = 0
-        for p in procs:
+        for p in self._tree():
             try:
                 total += p.memory_info().rss
             except psutil.NoSuchProcess:
                 pass
         return total
 
+    def _cpu_seconds(self) -> tuple[float, float, tuple[float, float, float]]:
+        """(CPU seconds the tree used since the last call, this process's total, machine counters)."""
+        used = 0.0
+        for p in self._tree():
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total = t.user + t.system
+            used += total - self._tree_cpu.get(p.pid, total)  # a process seen for the first time counts from now
+            self._tree_cpu[p.pid] = total
+        me = psutil.Process().cpu_times()
+        return used, me.user + me.system, _machine_cpu()
+
     def _run(self) -> None:
+        _, mine, machine = self._cpu_seconds()
+        last = time.monotonic()
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), self.rss()))
+            now = time.monotonic()
+            self.samples.append((now, self.rss()))
+            tree, mine_now, machine_now = self._cpu_seconds()
+            dt = now - last
+            if dt >= self.interval / 2:  # the first pass only sets the baseline
+                busy, steal, total = ((b - a) / dt for a, b in zip(machine, machine_now))  # in cores
+                server, generator = tree / dt, (mine_now - mine) / dt
+                self.cpu.append({"t": now, "server": server, "generator": generator,
+                                 "others": max(0.0, busy - server - generator), "steal": steal, "cores": total})
+            mine, machine, last = mine_now, machine_now, now
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> MemorySampler:
+    def __enter__(self) -> ProcessTreeSampler:
         self._thread.start()
         return self
 
@@ -138,6 +169,20 @@ class MemorySampler:
 
     def between(self, t0: float, t1: float) -> list[int]:
         return [b for t, b in self.samples if t0 <= t <= t1]
+
+
+def _machine_cpu() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine since boot, from /proc/stat (busy
+    excludes idle and iowait, includes steal)."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])  # guest time is already counted in user
+    idle = fields[3] + fields[4]
+    steal = fields[7] if len(fields) > 7 else 0.0
+    return (total - idle) / tick, steal / tick, total / tick
 
 
 def mib(values: Sequence[int]) -> dict[str, float | None]:

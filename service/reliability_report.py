@@ -54,8 +54,11 @@ def _recovery(rec: dict[str, Any]) -> str:
 def _admission(c: dict[str, Any]) -> str:
     target = c["admit_target_ms"]
     adaptive = f", fewer while admitted requests average over {target} ms (RESNET_ADMIT_TARGET_MS)" if target else ""
+    wait = c.get("admit_wait_ms", 0)
+    waiting = (f"; beyond that a request waits up to {wait} ms for a slot, behind at most {c['max_inflight']} others "
+               f"(RESNET_ADMIT_WAIT_MS)" if wait else "; beyond that 503 at once")
     return (f"admission: at most {c['max_inflight']} requests in progress in each of {c['api_workers']} API workers "
-            f"(RESNET_MAX_INFLIGHT){adaptive}")
+            f"(RESNET_MAX_INFLIGHT){adaptive}{waiting}")
 
 
 def overload_section(r: dict[str, Any]) -> list[str]:
@@ -107,6 +110,18 @@ def soak_section(r: dict[str, Any]) -> list[str]:
     ]
     lines += [f"| {m['minute']} | {m['sent']} | {m['ok']} | {_ms(m['p99_ms'])} | {_mib(m['rss_mib'])} |"
               for m in s["per_minute"]]
+    if s.get("cpu_cores_mean"):
+        m = s["cpu_cores_mean"]
+        lines += ["", f"Where the machine's {m['cores']:.1f} cores went, on average over the run (sampled each second): "
+                      f"the service {m['server']:.2f} cores, the load generator {m['generator']:.2f}, other processes "
+                      f"{m['others']:.2f}, steal (the hypervisor) {m['steal']:.2f}. The worst seconds (most failed "
+                      f"requests, then the slowest answer), with the same split in that second:", "",
+                  "| second | sent | failed | p50 | max | service | generator | others | steal |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for w in s["worst_seconds"]:
+            c = w.get("cpu_cores", {})
+            cores = " | ".join(f"{c[k]:.2f}" if k in c else "?" for k in ("server", "generator", "others", "steal"))
+            lines.append(f"| {w['second']} | {w['sent']} | {w['failed']} | {_ms(w['p50_ms'])} | {_ms(w['max_ms'])} | {cores} |")
     return lines + ["", *_checks(r["criteria"]), ""]
 
 

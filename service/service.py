@@ -29,6 +29,7 @@ from bentoml.exceptions import ServiceUnavailable
 from prometheus_client import Counter, Histogram
 
 from service.catalog import ModelUnavailable, ServedModel, resolve_models
+from service import deadline
 from service.config import load_config
 from service.drain import ActivityMiddleware, defer_sigterm, note_sigterm
 from service.engine import EngineOptions, OnnxEngine
@@ -43,6 +44,9 @@ log = logging.getLogger("bentoml.resnet_serving")  # under "bentoml": shown by b
 # the engine keeps serving (service/drain.py). A TCP listener stays open until the engine has
 # drained. Set here because `bentoml serve` imports this module before it creates the sockets.
 os.environ.setdefault("BENTOML_NO_UDS", "1")
+# Both services' time limit (traffic={"timeout": 60}) through a middleware that does not pin every
+# finished request for 60 s (service/deadline.py); before BentoML builds any app in this process.
+deadline.install()
 CONFIG = load_config()
 try:
     # Every process that imports the service (bentoml serve's own, each worker, bentoml build)
@@ -289,7 +293,8 @@ class _GuardedService(type(Classifier)):  # type: ignore[misc]
     def to_asgi(self, *args: Any, **kwargs: Any) -> Any:
         return RequestGuard(super().to_asgi(*args, **kwargs), max_body_bytes=CONFIG.max_body_bytes,
                             max_files=CONFIG.max_batch_images, max_inflight=CONFIG.max_inflight,
-                            admit_target_s=CONFIG.admit_target_ms / 1000, retry_after_s=CONFIG.retry_after_s,
+                            admit_target_s=CONFIG.admit_target_ms / 1000, admit_wait_s=CONFIG.admit_wait_ms / 1000,
+                            retry_after_s=CONFIG.retry_after_s,
                             body_timeout_s=CONFIG.body_timeout_s,
                             on_refuse=lambda status, code: REFUSED.labels(str(status), code).inc())
 

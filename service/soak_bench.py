@@ -9,7 +9,9 @@ memory may not creep.
 2. **Soak**: an open loop (requests on a fixed schedule) at ``--fraction`` of that rate for
    ``--minutes``, cycling through Fashion-MNIST test images. Every answer other than a well-formed
    200 is a failure (a 503 included: at 70% nothing should be shed). The resident memory of the
-   whole ``bentoml serve`` process tree is sampled every second.
+   whole ``bentoml serve`` process tree is sampled every second, and where the machine's CPU went
+   (the service, the load generator, other processes, steal), so that the worst seconds of the run
+   can be told apart from a busy neighbour.
 
 Pass criteria, recorded with the figures: no failed request; resident memory at the end (mean of
 the last 30 s) less than 5% above its level after ``--warmup-seconds`` (mean of the 30 s after).
@@ -35,7 +37,7 @@ from loadtests.http_load import background_busy
 from models.cli import run_cli
 from models.errors import UserError
 from models.files import ensure_writable_dir
-from service.reliability_common import (MemorySampler, classification_ok, finish, good_requests, measure_saturation,
+from service.reliability_common import (ProcessTreeSampler, classification_ok, finish, good_requests, measure_saturation,
                                         percentiles_ms, run_header, start_server, summarize)
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,34 @@ def per_minute(outcomes: Sequence[Outcome], samples: Sequence[tuple[float, int]]
         rows.append({"minute": m + 1, "sent": len(group), "ok": len(good), "p99_ms": percentiles_ms(good)["p99_ms"],
                      "rss_mib": float(np.mean(rss)) / 2**20 if rss else None})
     return rows
+
+
+def worst_seconds(outcomes: Sequence[Outcome], cpu: Sequence[dict[str, float]], t0: float,
+                  count: int = 5) -> list[dict[str, Any]]:
+    """The ``count`` seconds of the run with the most failed requests (then the slowest answer):
+    what was sent in each, how it fared, and where the machine's CPU went in it (the sampler's
+    interval ending nearest after it), so that a failure can be told apart from a busy neighbour."""
+    seconds: dict[int, list[Outcome]] = {}
+    for o in outcomes:
+        seconds.setdefault(int(o.sent), []).append(o)
+    rows = []
+    for s, group in seconds.items():
+        latency = sorted(o.latency for o in group)
+        rows.append({"second": s, "sent": len(group), "failed": sum(not classification_ok(o) for o in group),
+                     "p50_ms": 1000 * latency[len(latency) // 2], "max_ms": 1000 * latency[-1]})
+    rows.sort(key=lambda r: (r["failed"], r["max_ms"]), reverse=True)
+    for row in rows[:count]:
+        after = [c for c in cpu if c["t"] - t0 >= row["second"] + 1]
+        if after:
+            row["cpu_cores"] = {k: round(v, 2) for k, v in after[0].items() if k != "t"}
+    return rows[:count]
+
+
+def cpu_means(cpu: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean cores used over the run by each party (server, generator, others, steal; of ``cores``)."""
+    if not cpu:
+        return {}
+    return {k: float(np.mean([c[k] for c in cpu])) for k in cpu[0] if k != "t"}
 
 
 def run_soak(minutes: float = 10.0, fraction: float = 0.7, clients: int = 16, saturation_seconds: float = 20.0,
@@ -80,7 +110,7 @@ def run_soak(minutes: float = 10.0, fraction: float = 0.7, clients: int = 16, sa
             target = fraction * rate
             log.info("soak: %.1f requests/s (%.0f%% of %.1f) for %.1f min", target, 100 * fraction, rate, minutes)
             offset = server.log_offset()
-            with MemorySampler(server.proc.pid, interval=1.0) as memory:
+            with ProcessTreeSampler(server.proc.pid, interval=1.0) as sampler:
                 t0 = time.monotonic()
                 cpu0 = time.process_time()
                 outcomes = asyncio.run(open_loop("127.0.0.1", server.port, pick, target, seconds))
@@ -88,14 +118,15 @@ def run_soak(minutes: float = 10.0, fraction: float = 0.7, clients: int = 16, sa
             server_log = server.log_since(offset)
         finally:
             server.stop()
-    after_warmup = memory.between(t0 + warmup_seconds, t0 + warmup_seconds + WINDOW_S)
-    end = memory.between(t0 + seconds - WINDOW_S, t0 + seconds)
+    after_warmup = sampler.between(t0 + warmup_seconds, t0 + warmup_seconds + WINDOW_S)
+    end = sampler.between(t0 + seconds - WINDOW_S, t0 + seconds)
     summary = summarize(outcomes, seconds)
     rss_warm, rss_end = float(np.mean(after_warmup)), float(np.mean(end))
     results["soak"] = {**summary, "rate_per_s": target, "seconds": seconds, "failed": summary["sent"] - summary["ok"],
                        "rss_after_warmup_mib": rss_warm / 2**20, "rss_end_mib": rss_end / 2**20,
-                       "rss_max_mib": max(b for _, b in memory.samples) / 2**20, "rss_growth": rss_end / rss_warm - 1,
-                       "per_minute": per_minute(outcomes, memory.samples, t0),
+                       "rss_max_mib": max(b for _, b in sampler.samples) / 2**20, "rss_growth": rss_end / rss_warm - 1,
+                       "per_minute": per_minute(outcomes, sampler.samples, t0),
+                       "cpu_cores_mean": cpu_means(sampler.cpu), "worst_seconds": worst_seconds(outcomes, sampler.cpu, t0),
                        "server_exceptions": server_log["server_exceptions"], "load_generator_cores": generator_cores}
     checks = {"no failed request": results["soak"]["failed"] == 0,
               f"resident memory growth after warm-up under {GROWTH_LIMIT:.0%}": results["soak"]["rss_growth"] < GROWTH_LIMIT,

@@ -1,9 +1,11 @@
 """The adaptive admission limit (service/admission.py), on a fake clock: no server, no timing."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from service.admission import AdaptiveLimit
+from service.admission import AdaptiveLimit, AdmissionGate
 
 
 class FakeClock:
@@ -101,3 +103,92 @@ def test_the_guard_is_the_outermost_layer_and_counts_what_it_refuses(service_mod
     assert r.status_code == 415
     assert r.json()["code"] == "not_multipart"
     assert counter._value.get() == before + 1
+
+
+# ---- AdmissionGate: waiting for a slot, on a real event loop (no server) -----------------------
+
+def gate(cap: int = 2, wait_s: float = 0.0, max_waiting: int = 2) -> AdmissionGate:
+    return AdmissionGate(AdaptiveLimit(max_limit=cap, target_s=0.0, min_limit=1), wait_s=wait_s, max_waiting=max_waiting)
+
+
+def test_without_a_wait_the_request_over_the_cap_is_refused_at_once():
+    async def main():
+        g = gate(cap=2)
+        return [await g.enter() for _ in range(3)], g.inflight
+
+    assert asyncio.run(main()) == ([True, True, False], 2)
+
+
+def test_a_waiting_request_gets_the_slot_a_leaving_one_frees():
+    async def main():
+        g = gate(cap=1, wait_s=30, max_waiting=2)
+        assert await g.enter()
+        waiter = asyncio.create_task(g.enter())
+        await asyncio.sleep(0)
+        assert g.waiting == 1 and not waiter.done()
+        g.leave(0.01)
+        return await waiter, g.inflight, g.waiting
+
+    assert asyncio.run(main()) == (True, 1, 0)
+
+
+def test_waiters_are_served_first_come_first_served_and_newcomers_queue_behind_them():
+    async def main():
+        g = gate(cap=1, wait_s=30, max_waiting=3)
+        assert await g.enter()
+        order = []
+
+        async def client(name: str):
+            if await g.enter():
+                order.append(name)
+
+        tasks = [asyncio.create_task(client(n)) for n in "abc"]
+        await asyncio.sleep(0)
+        for _ in range(3):
+            g.leave(0.01)
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(main()) == ["a", "b", "c"]
+
+
+def test_no_slot_within_the_wait_is_a_refusal_and_leaves_no_trace():
+    async def main():
+        g = gate(cap=1, wait_s=0.01, max_waiting=2)
+        assert await g.enter()
+        refused = not await g.enter()
+        g.leave(0.01)  # nobody left waiting: the slot is free again
+        return refused, g.waiting, g.inflight, await g.enter()
+
+    assert asyncio.run(main()) == (True, 0, 0, True)
+
+
+def test_at_most_max_waiting_wait_the_next_is_refused_at_once():
+    async def main():
+        g = gate(cap=1, wait_s=30, max_waiting=2)
+        assert await g.enter()
+        waiters = [asyncio.create_task(g.enter()) for _ in range(2)]
+        await asyncio.sleep(0)
+        refused_at_once = not await g.enter()
+        for _ in range(3):
+            g.leave(0.01)
+            await asyncio.sleep(0)
+        return refused_at_once, await asyncio.gather(*waiters), g.inflight
+
+    assert asyncio.run(main()) == (True, [True, True], 0)
+
+
+def test_a_cancelled_waiter_gives_up_its_place():
+    async def main():
+        g = gate(cap=1, wait_s=30, max_waiting=2)
+        assert await g.enter()
+        first = asyncio.create_task(g.enter())
+        second = asyncio.create_task(g.enter())
+        await asyncio.sleep(0)
+        first.cancel()  # its client went away
+        await asyncio.sleep(0)
+        g.leave(0.01)
+        return await second, first.cancelled(), g.inflight, g.waiting
+
+    assert asyncio.run(main()) == (True, True, 1, 0)
