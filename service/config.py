@@ -19,7 +19,7 @@
 | RESNET_MAX_TOP_K | 100 | largest top_k (and never more than the model's classes) |
 | RESNET_CUDA_GRAPHS | off | on = one captured CUDA graph per batch bucket (CUDA provider only; off until measured) |
 | RESNET_PREFER_NHWC | off | on = the CUDA provider's NHWC convolution kernels (`prefer_nhwc`; CUDA only) |
-| RESNET_MAX_INFLIGHT | 24 | classify requests in progress at once in each API worker; more get 503 + Retry-After at once |
+| RESNET_MAX_INFLIGHT | 24 | classify requests in progress at once in each API worker; the next wait (RESNET_ADMIT_WAIT_MS) or get 503 + Retry-After |
 | RESNET_ADMIT_WAIT_MS | 250 | a request that finds its API worker at the cap waits this long for a slot (behind at most RESNET_MAX_INFLIGHT others) before its 503 (0 = 503 at once) |
 | RESNET_ADMIT_TARGET_MS | 0 | > 0: while the requests an API worker admitted spend longer than this in it on average, it admits fewer than RESNET_MAX_INFLIGHT (0 = off; see README) |
 | RESNET_RETRY_AFTER_S | 1 | the Retry-After of every 503 |
@@ -136,7 +136,7 @@ def load_config() -> ServiceConfig:
         # (resnet152 takes ~110 ms per image alone on a 2-core CPU). README, "Service".
         admit_target_ms=_int("RESNET_ADMIT_TARGET_MS", 0, minimum=0),
         # A congestion episode of 1-2 s at 70% of saturation (time in the worker ~200 ms) passed the
-        # cap for a moment and was refused; 250 ms of waiting absorbs it (README, "Service").
+        # cap for a moment and was refused; 250 ms of waiting absorbs most such episodes (README, "Service").
         admit_wait_ms=_int("RESNET_ADMIT_WAIT_MS", 250, minimum=0),
         engine_spin=_choice("RESNET_ENGINE_SPIN", "off", ("on", "off")) == "on",
     )

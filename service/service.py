@@ -28,8 +28,8 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from prometheus_client import Counter, Histogram
 
-from service.catalog import ModelUnavailable, ServedModel, resolve_models
 from service import deadline
+from service.catalog import ModelUnavailable, ServedModel, resolve_models
 from service.config import load_config
 from service.drain import ActivityMiddleware, defer_sigterm, note_sigterm
 from service.engine import EngineOptions, OnnxEngine
