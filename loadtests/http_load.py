@@ -159,14 +159,24 @@ def scrape(server: ServeProcess, model: str) -> dict[str, float]:
     return values
 
 
-def _cpu_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine since boot, from /proc/stat (busy
+    excludes idle and iowait, includes steal; guest time is already counted in user, so not again)."""
     try:
         fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except OSError:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
-    return sum(fields) - idle, sum(fields)
+    steal = fields[7] if len(fields) > 7 else 0.0
+    return (total - idle) / tick, steal / tick, total / tick
+
+
+def _cpu_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine."""
+    busy, _, total = machine_cpu()
+    return busy, total
 
 
 def background_busy(seconds: float = 1.0) -> float | None:

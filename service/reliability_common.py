@@ -19,7 +19,7 @@ import psutil
 
 from loadtests.aio_http import Outcome, build_request, closed_loop
 from loadtests.hostile import MULTIPART, image_form
-from loadtests.http_load import ServeProcess
+from loadtests.http_load import ServeProcess, machine_cpu
 from models.errors import UserError
 from service.bench import encode_pngs, machine_info, service_config
 from service.catalog import ModelUnavailable, resolve_models
@@ -120,19 +120,20 @@ class ProcessTreeSampler:
         except psutil.NoSuchProcess:
             return []
 
-    def rss(self) -> int:
+    @staticmethod
+    def _rss(tree: list[psutil.Process]) -> int:
         total = 0
-        for p in self._tree():
+        for p in tree:
             try:
                 total += p.memory_info().rss
             except psutil.NoSuchProcess:
                 pass
         return total
 
-    def _cpu_seconds(self) -> tuple[float, float, tuple[float, float, float]]:
-        """(CPU seconds the tree used since the last call, this process's total, machine counters)."""
+    def _cpu_seconds(self, tree: list[psutil.Process]) -> tuple[float, float, tuple[float, float, float]]:
+        """(CPU seconds ``tree`` used since the last call, this process's total, machine counters)."""
         used = 0.0
-        for p in self._tree():
+        for p in tree:
             try:
                 t = p.cpu_times()
             except psutil.NoSuchProcess:
@@ -141,19 +142,19 @@ class ProcessTreeSampler:
             used += total - self._tree_cpu.get(p.pid, total)  # a process seen for the first time counts from now
             self._tree_cpu[p.pid] = total
         me = psutil.Process().cpu_times()
-        return used, me.user + me.system, _machine_cpu()
+        return used, me.user + me.system, machine_cpu()
 
     def _run(self) -> None:
-        _, mine, machine = self._cpu_seconds()
+        _, mine, machine = self._cpu_seconds(self._tree())
         last = time.monotonic()
         while not self._stop.is_set():
-            now = time.monotonic()
-            self.samples.append((now, self.rss()))
-            tree, mine_now, machine_now = self._cpu_seconds()
+            now, procs = time.monotonic(), self._tree()
+            self.samples.append((now, self._rss(procs)))
+            tree_s, mine_now, machine_now = self._cpu_seconds(procs)
             dt = now - last
             if dt >= self.interval / 2:  # the first pass only sets the baseline
                 busy, steal, total = ((b - a) / dt for a, b in zip(machine, machine_now))  # in cores
-                server, generator = tree / dt, (mine_now - mine) / dt
+                server, generator = tree_s / dt, (mine_now - mine) / dt
                 self.cpu.append({"t": now, "server": server, "generator": generator,
                                  "others": max(0.0, busy - server - generator), "steal": steal, "cores": total})
             mine, machine, last = mine_now, machine_now, now
@@ -169,20 +170,6 @@ class ProcessTreeSampler:
 
     def between(self, t0: float, t1: float) -> list[int]:
         return [b for t, b in self.samples if t0 <= t <= t1]
-
-
-def _machine_cpu() -> tuple[float, float, float]:
-    """(busy, steal, total) CPU seconds of the whole machine since boot, from /proc/stat (busy
-    excludes idle and iowait, includes steal)."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0, 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    total = sum(fields[:8])  # guest time is already counted in user
-    idle = fields[3] + fields[4]
-    steal = fields[7] if len(fields) > 7 else 0.0
-    return (total - idle) / tick, steal / tick, total / tick
 
 
 def mib(values: Sequence[int]) -> dict[str, float | None]:
