@@ -51,7 +51,7 @@ from models.errors import UserError
 from loadtests.http_load import ServeProcess, background_busy, drive, multipart, scrape
 from service.bench_report import targets
 from service.catalog import ModelUnavailable, ServedModel, resolve_models
-from service.config import ServiceConfig, load_config
+from service.config import ServiceConfig, load_config, usable_cores
 from service.engine import EngineOptions, OnnxEngine
 from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
 
@@ -73,7 +73,8 @@ def machine_info() -> dict[str, Any]:
                           if line.startswith("model name")), platform.processor() or "unknown")
     except OSError:
         pass
-    return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu_model": cpu_model, "cpu_count": os.cpu_count(), "cpu_usable": usable_cores(),
+            "platform": platform.platform(),
             "versions": {"python": platform.python_version(), "onnxruntime": ort.__version__,
                          "bentoml": bentoml.__version__, "numpy": np.__version__}}
 

@@ -9,7 +9,7 @@
 | RESNET_MAX_BATCH_SIZE | 32 | adaptive batching: largest batch formed |
 | RESNET_MAX_LATENCY_MS | 1000 | adaptive batching: BentoML sheds (503) requests it predicts will wait longer |
 | RESNET_BATCHING | on | off = one onnxruntime call per image (for measuring batching on against off) |
-| RESNET_API_WORKERS | cores | processes that decode and preprocess uploads |
+| RESNET_API_WORKERS | cores | processes that decode and preprocess uploads (cores: the CPUs this process may use, taskset or a container's cpuset honoured) |
 | RESNET_ENGINE_THREADS | cores | onnxruntime intra-op threads of the engine process (CPU provider) |
 | RESNET_ENGINE_SPIN | off | on = onnxruntime's intra-op threads busy-wait between runs (its default), taking CPU from the API workers |
 | RESNET_MAX_IMAGE_BYTES | 10485760 | largest accepted upload, per image |
@@ -100,8 +100,18 @@ class ServiceConfig:
         return self.models[0]
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (taskset, a container's cpuset), not the machine's count:
+    under ``taskset -c 0,1`` on a 16-core host, os.cpu_count() would start 16 API workers and 16
+    onnxruntime threads on 2 cores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def load_config() -> ServiceConfig:
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     models = tuple(m.strip() for m in (os.environ.get("RESNET_MODELS") or ",".join(DEFAULT_SERVED_MODELS)).split(",")
                    if m.strip())
     if not models:

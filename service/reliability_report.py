@@ -39,7 +39,9 @@ def _machine(r: dict[str, Any]) -> str:
     m = r["machine"]
     busy = m.get("cpu_busy_before")
     other = f"; other tenants kept {busy:.0%} of the CPU busy just before" if busy is not None else ""
-    return f"{m['cpu_model']}, {m['cpu_count']} cores, started {r.get('started', '?')}{other}"
+    usable = m.get("cpu_usable", m["cpu_count"])
+    pinned = f" (the run pinned to {usable} of them)" if usable < m["cpu_count"] else ""
+    return f"{m['cpu_model']}, {m['cpu_count']} cores{pinned}, started {r.get('started', '?')}{other}"
 
 
 def _recovery(rec: dict[str, Any]) -> str:
