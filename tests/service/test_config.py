@@ -6,7 +6,6 @@ import os
 import pytest
 
 from service.config import load_config, usable_cores
-from service.reliability_report import _machine
 
 
 @pytest.fixture
@@ -28,11 +27,3 @@ def test_a_setting_still_overrides_the_cpu_count(sixteen_cores_pinned_to_two, mo
     monkeypatch.setenv("RESNET_API_WORKERS", "3")
     assert load_config().api_workers == 3
 
-
-def test_a_report_says_when_its_run_was_pinned_to_fewer_cores():
-    run = {"started": "t", "machine": {"cpu_model": "Xeon", "cpu_count": 16, "cpu_usable": 2}}
-    assert _machine(run) == "Xeon, 16 cores (the run pinned to 2 of them), started t"
-    run["machine"]["cpu_usable"] = 16
-    assert _machine(run) == "Xeon, 16 cores, started t"
-    del run["machine"]["cpu_usable"]  # results written before the field existed
-    assert _machine(run) == "Xeon, 16 cores, started t"

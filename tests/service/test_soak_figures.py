@@ -1,10 +1,11 @@
-"""How service.soak_bench picks the worst seconds of a run and splits the CPU, on made-up outcomes
-and samples (no server)."""
+"""How service.soak_bench picks the worst seconds of a run and splits the CPU, and what the
+reliability report says of the machine, on made-up outcomes and samples (no server)."""
 from __future__ import annotations
 
 import json
 
 from loadtests.aio_http import Outcome
+from service.reliability_report import _machine
 from service.soak_bench import cpu_means, worst_seconds
 
 GOOD_BODY = json.dumps({"model": "m", "trained": True,
@@ -44,3 +45,12 @@ def test_cpu_means():
     means = cpu_means([cpu_at(1.0, 1.0), cpu_at(2.0, 1.5)])
     assert means == {"server": 1.25, "generator": 0.1, "others": 0.0, "steal": 0.0, "cores": 2.0}
     assert cpu_means([]) == {}
+
+
+def test_a_report_says_when_its_run_was_pinned_to_fewer_cores():
+    run = {"started": "t", "machine": {"cpu_model": "Xeon", "cpu_count": 16, "cpu_usable": 2}}
+    assert _machine(run) == "Xeon, 16 cores (the run pinned to 2 of them), started t"
+    run["machine"]["cpu_usable"] = 16
+    assert _machine(run) == "Xeon, 16 cores, started t"
+    del run["machine"]["cpu_usable"]  # results written before the field existed
+    assert _machine(run) == "Xeon, 16 cores, started t"
