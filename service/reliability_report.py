@@ -94,6 +94,18 @@ def overload_section(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _saturation_after(r: dict[str, Any]) -> list[str]:
+    after = r.get("saturation_after")
+    if after is None:  # --rate given, or results written before it was measured
+        return []
+    if not after.get("ok_per_s"):
+        return [f"- saturation measured again after the soak: none ({after.get('error', 'no good answer')})"]
+    rate = r["soak"]["rate_per_s"]
+    return [f"- saturation measured again right after the soak, the same way: {after['ok_per_s']:.1f}/s; the soak's "
+            f"rate was {rate / r['saturation']['ok_per_s']:.0%} of the saturation before it and "
+            f"{rate / after['ok_per_s']:.0%} of the one after"]
+
+
 def soak_section(r: dict[str, Any]) -> list[str]:
     s, c = r["soak"], r["config"]
     lines = [
@@ -105,6 +117,7 @@ def soak_section(r: dict[str, Any]) -> list[str]:
         + (f"; 503s by who shed them: {s['shed_reasons']}" if s.get("shed_reasons") else ""),
         f"- latency of good answers: p50 {_ms(s['ok_latency']['p50_ms'])}, p99 {_ms(s['ok_latency']['p99_ms'])}, "
         f"max {_ms(s['ok_latency']['max_ms'])}",
+        *_saturation_after(r),
         f"- resident memory of the process tree: {_mib(s['rss_after_warmup_mib'])} after "
         f"{r['settings']['warmup_seconds']:g} s of warm-up, {_mib(s['rss_end_mib'])} at the end, max "
         f"{_mib(s['rss_max_mib'])}: growth {s['rss_growth']:+.2%}",

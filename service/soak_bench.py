@@ -12,6 +12,8 @@ memory may not creep.
    whole ``bentoml serve`` process tree is sampled every second, and where the machine's CPU went
    (the service, the load generator, other processes, steal), so that the worst seconds of the run
    can be told apart from a busy neighbour.
+3. **Saturation again**, measured as in 1 right after the soak (not when ``--rate`` is given): the
+   report gives the soak's rate as a share of both, since a shared machine's speed drifts.
 
 Pass criteria, recorded with the figures: no failed request; resident memory at the end (mean of
 the last 30 s) less than 5% above its level after ``--warmup-seconds`` (mean of the 30 s after).
@@ -86,6 +88,16 @@ def cpu_means(cpu: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([c[k] for c in cpu])) for k in cpu[0] if k != "t"}
 
 
+def _saturation_again(port: int, pick: Any, clients: int, seconds: float) -> dict[str, Any]:
+    """The saturation rate measured again after the soak, the same way: on a shared machine whose
+    speed drifts, the soak's rate was a share of what the machine gave then, not of what it gives
+    now, and this says how far apart the two are."""
+    try:
+        return measure_saturation(port, pick, clients, seconds)
+    except UserError as e:  # a server that no longer answers: recorded, the soak's figures kept
+        return {"ok_per_s": None, "error": str(e)}
+
+
 def run_soak(minutes: float = 10.0, fraction: float = 0.7, clients: int = 16, saturation_seconds: float = 20.0,
              warmup_seconds: float = 120.0, rate: float | None = None) -> dict[str, Any]:
     env = dict(os.environ)
@@ -116,6 +128,8 @@ def run_soak(minutes: float = 10.0, fraction: float = 0.7, clients: int = 16, sa
                 outcomes = asyncio.run(open_loop("127.0.0.1", server.port, pick, target, seconds))
                 generator_cores = (time.process_time() - cpu0) / (time.monotonic() - t0)
             server_log = server.log_since(offset)
+            if not results["saturation"].get("given"):
+                results["saturation_after"] = _saturation_again(server.port, pick, clients, saturation_seconds)
         finally:
             server.stop()
     after_warmup = sampler.between(t0 + warmup_seconds, t0 + warmup_seconds + WINDOW_S)

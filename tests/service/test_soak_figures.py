@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from loadtests.aio_http import Outcome
-from service.reliability_report import _machine
+from service.reliability_report import _machine, _saturation_after
 from service.soak_bench import cpu_means, worst_seconds
 
 GOOD_BODY = json.dumps({"model": "m", "trained": True,
@@ -54,3 +54,14 @@ def test_a_report_says_when_its_run_was_pinned_to_fewer_cores():
     assert _machine(run) == "Xeon, 16 cores, started t"
     del run["machine"]["cpu_usable"]  # results written before the field existed
     assert _machine(run) == "Xeon, 16 cores, started t"
+
+
+def test_the_report_gives_the_soak_rate_as_a_share_of_the_saturation_before_and_after():
+    run = {"saturation": {"ok_per_s": 300.0}, "soak": {"rate_per_s": 210.0}, "saturation_after": {"ok_per_s": 250.0}}
+    (line,) = _saturation_after(run)
+    assert "250.0/s" in line and "70% of the saturation before it and 84% of the one after" in line
+    run["saturation_after"] = {"ok_per_s": None, "error": "no good answer at saturation: {'503': 12}"}
+    assert _saturation_after(run) == ["- saturation measured again after the soak: none "
+                                      "(no good answer at saturation: {'503': 12})"]
+    del run["saturation_after"]  # --rate given, or a run from before it was measured
+    assert _saturation_after(run) == []
