@@ -56,7 +56,7 @@ def _recovery(rec: dict[str, Any]) -> str:
 def _admission(c: dict[str, Any]) -> str:
     target = c["admit_target_ms"]
     adaptive = f", fewer while admitted requests average over {target} ms (RESNET_ADMIT_TARGET_MS)" if target else ""
-    wait = c.get("admit_wait_ms", 0)
+    wait = c["admit_wait_ms"]
     waiting = (f"; beyond that a request waits up to {wait} ms for a slot, behind at most {c['max_inflight']} others "
                f"(RESNET_ADMIT_WAIT_MS)" if wait else "; beyond that 503 at once")
     return (f"admission: at most {c['max_inflight']} requests in progress in each of {c['api_workers']} API workers "
