@@ -55,20 +55,20 @@ sweep: bootstrap
 sweep-fmnist: bootstrap
 	$(PY) -m loadtests.sweep --models fmnist --users 1,8,32 --duration 30s $(SWEEP_ARGS)
 
-# issue 7: reliability benchmarks. Not part of `make test`; each writes reports/reliability/<name>.json
-# and regenerates reports/reliability/report.md. Run one at a time on a quiet machine.
+# The reliability benchmarks (bench/reliability/): not part of `make test`; each writes
+# reports/reliability/<name>.json and regenerates reports/reliability/report.md. One at a time, on a quiet machine.
 
 faults: default-model
-	$(PY) -m service.fault_bench
+	$(PY) -m bench.reliability.faults
 
 overload: default-model
-	$(PY) -m service.overload_bench
+	$(PY) -m bench.reliability.overload
 
 soak: default-model
-	$(PY) -m service.soak_bench
+	$(PY) -m bench.reliability.soak
 
 fuzz-long: default-model
-	$(PY) -m service.fuzz --examples 1000
+	$(PY) -m bench.reliability.fuzz --examples 1000
 
 # All four, ~15 min.
 reliability: faults overload soak fuzz-long

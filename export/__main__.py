@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.pipeline import PRECISIONS, ExportConfig, export_model
-from models.cli import run_cli
+from common.cli import run_cli
 
 log = logging.getLogger("export")
 

@@ -20,10 +20,11 @@ from typing import Any
 
 from export.pipeline import ExportConfig, export_model
 from export.store import find_registered
-from models.cli import run_cli
+from common.cli import run_cli
+from models.card import served_name
 from models.default import (CHECKPOINTS_DIR, DEFAULT_CHECKPOINT, DEFAULT_MODEL_NAME, DEFAULT_SERVED_MODELS,
                             ensure_default_checkpoint)
-from models.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 DEFAULT_PRECISIONS = ["fp32", "fp16", "int8"]  # fp32/int8 for the CPU, fp16 for the CUDA provider
@@ -47,8 +48,8 @@ def committed_checkpoint(name: str) -> tuple[Path, dict[str, Any]]:
     try:
         _, meta = load_checkpoint(path)
     except UserError as e:
-        raise UserError(f"{name}: {e} (python -m models.study --publish writes it)") from None
-    if f"{meta['model']}-fmnist" != name or meta.get("dataset") != "fashion-mnist":
+        raise UserError(f"{name}: {e} (python -m bench.depth_study.study --publish writes it)") from None
+    if served_name(meta["model"], "fashion-mnist") != name or meta.get("dataset") != "fashion-mnist":
         raise UserError(f"{name}: {path} holds {meta['model']} trained on {meta.get('dataset')}, not {name}")
     return path, meta
 

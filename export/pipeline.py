@@ -7,7 +7,6 @@ A failed export therefore leaves ``out`` and the store exactly as they were.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -26,12 +25,13 @@ import torch
 from tqdm import tqdm
 
 from export.fold import fold_model, fold_report
-from export.onnx_io import OPSET, convert_fp16, embed_metadata, export_fp32, quantize_int8
+from export.onnx_io import INPUT_NAME, OPSET, OUTPUT_NAME, convert_fp16, embed_metadata, export_fp32, quantize_int8
 from export.sources import load_source
 from export.store import register
 from export.verify import random_inputs, real_images, reference_logits, verify_float, verify_int8
-from models.files import ensure_writable_dir, sha256_file
-from models.errors import UserError
+from common.files import ensure_writable_dir, sha256_file
+from common.errors import UserError
+from models.card import ModelCard
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -57,7 +57,7 @@ class ExportConfig:
 class ExportResult:
     name: str
     files: dict[str, Path]
-    metadata: dict[str, dict[str, Any]]
+    cards: dict[str, ModelCard]  # by precision, as written beside each file
     tag: str | None
 
 
@@ -68,9 +68,9 @@ def export_model(cfg: ExportConfig) -> ExportResult:
     out = Path(cfg.out)
     ensure_writable_dir(out)
     source = load_source(cfg.model, cfg.checkpoint, cfg.torchvision_weights)
-    meta = source.metadata
-    name = meta["name"]
-    small = meta["input_shape"][-1] <= 64
+    card = source.card
+    name = card.name
+    small = card.input_shape[-1] <= 64
     n_random = cfg.verify_random or (32 if small else 4)
     n_real = cfg.verify_real or (256 if small else 4)
 
@@ -81,9 +81,9 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         report = dataclasses.asdict(fold_report(source.model, folded))
         fp32 = staging / f"{name}.fp32.onnx"
         t0 = time.perf_counter()
-        export_fp32(folded, meta["input_shape"], fp32)
+        export_fp32(folded, card.input_shape, fp32)
         steps.update()
-        inputs = {"random": random_inputs(meta, n_random), "real": real_images(meta, "test", n_real)[0]}
+        inputs = {"random": random_inputs(card, n_random), "real": real_images(card, "test", n_real)[0]}
         references = {kind: reference_logits(source.model, x) for kind, x in inputs.items()}
         steps.update()
         files, figures = {}, {}
@@ -92,9 +92,9 @@ def export_model(cfg: ExportConfig) -> ExportResult:
             if precision == "fp16":
                 convert_fp16(fp32, path)
             elif precision == "int8":
-                quantize_int8(fp32, path, real_images(meta, "train", CALIBRATION_IMAGES)[0])
+                quantize_int8(fp32, path, real_images(card, "train", CALIBRATION_IMAGES)[0])
             if precision == "int8":
-                figures[precision] = verify_int8(path, fp32, meta, real_images(meta, "test", 1000 if small else 64, 5000)[0])
+                figures[precision] = verify_int8(path, fp32, card, real_images(card, "test", 1000 if small else 64, 5000)[0])
             else:
                 figures[precision] = verify_float(path, precision, source.model, inputs, references)
             figures[precision]["calibration_images"] = CALIBRATION_IMAGES if precision == "int8" else None
@@ -104,11 +104,11 @@ def export_model(cfg: ExportConfig) -> ExportResult:
         steps.close()
         if "fp32" not in cfg.precisions:
             files.pop("fp32").unlink()
-        metadata = {p: _file_metadata(meta, p, report, figures[p], cfg, time.perf_counter() - t0) for p in files}
+        cards = {p: _file_card(card, p, report, figures[p], cfg, time.perf_counter() - t0) for p in files}
         for precision, path in files.items():
-            embed_metadata(path, metadata[precision])
-            metadata[precision]["onnx_sha256"] = sha256_file(path)
-            path.with_suffix(".json").write_text(json.dumps(metadata[precision], indent=2) + "\n")
+            embed_metadata(path, cards[precision].to_dict())
+            cards[precision] = dataclasses.replace(cards[precision], onnx_sha256=sha256_file(path))
+            path.with_suffix(".json").write_text(cards[precision].to_json())
         published = {}
         for precision, path in files.items():  # verified: publish, each file atomically
             for src in (path.with_suffix(".json"), path):
@@ -116,25 +116,25 @@ def export_model(cfg: ExportConfig) -> ExportResult:
             published[precision] = out / path.name
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    tag = register(published, metadata[next(iter(published))]) if cfg.register else None
-    return ExportResult(name, published, metadata, tag)
+    tag = register(published, cards[next(iter(published))]) if cfg.register else None
+    return ExportResult(name, published, cards, tag)
 
 
-def _file_metadata(meta: dict[str, Any], precision: str, report: dict[str, int],
-                   figures: dict[str, Any], cfg: ExportConfig, seconds: float) -> dict[str, Any]:
-    return {
-        **meta,
-        "precision": precision,
-        "opset": OPSET,
-        "input_name": "images",
-        "output_name": "logits",
-        "folding": {**report, "merge_projections": cfg.merge_projections},
-        "verification": figures,
-        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "export_seconds": round(seconds, 1),
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-    }
+def _file_card(card: ModelCard, precision: str, report: dict[str, int],
+               figures: dict[str, Any], cfg: ExportConfig, seconds: float) -> ModelCard:
+    return dataclasses.replace(
+        card,
+        precision=precision,
+        opset=OPSET,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        folding={**report, "merge_projections": cfg.merge_projections},
+        verification=figures,
+        exported=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        export_seconds=round(seconds, 1),
+        versions={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                  "numpy": np.__version__, "python": platform.python_version()},
+    )
 
 
 def _log_figures(name: str, precision: str, fig: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """Where an exported model comes from: a checkpoint of ours, a torchvision state_dict, or nothing.
 
-Each source yields the unfolded PyTorch model in eval mode plus the metadata that travels with it
-(class names, input size, channel mode, normalisation, trained flag, accuracy, sha256 of the file).
+Each source yields the unfolded PyTorch model in eval mode plus its model card (class names, input
+size, channel mode, normalisation, trained flag, accuracy, provenance), which travels with it.
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from models.checkpoint import load_checkpoint, load_state_dict_strict
-from models.files import sha256_file
-from models.errors import UserError
+from common.files import sha256_file
+from common.errors import UserError
+from models.card import ModelCard, Provenance, served_name
 from models.init import randomize_batchnorm_stats_
 from models.registry import create_model, get_spec
 
@@ -31,32 +32,34 @@ UNTRAINED_SEED = 0
 @dataclass
 class Source:
     model: nn.Module  # unfolded, eval mode, float32
-    metadata: dict[str, Any]
-
-
-def served_name(model: str, dataset: str) -> str:
-    """The name users see in the store and the API: ``resnet20-fmnist``, ``resnet50-imagenet``."""
-    return f"{model}-{'fmnist' if dataset == 'fashion-mnist' else dataset}"
+    card: ModelCard  # not exported yet: no precision, verification or onnx_sha256
 
 
 def from_checkpoint(path: Path, model_name: str | None) -> Source:
     model, meta = load_checkpoint(path)
     if model_name and model_name != meta["model"]:
         raise UserError(f"--model {model_name} but {path} holds a {meta['model']}")
+    return Source(model, checkpoint_card(meta, path))
+
+
+def checkpoint_card(meta: dict[str, Any], path: Path) -> ModelCard:
+    """The card of a checkpoint, from its ``metadata.json`` (the training side's format); a missing
+    ``resize`` means none: the shorter side is resized straight to the crop (28x28 Fashion-MNIST)."""
     spec = get_spec(meta["model"])
     dataset = meta.get("dataset", "unknown")
-    info = {
-        "name": served_name(meta["model"], dataset), "model": meta["model"], "family": spec.family,
-        "depth": spec.depth, "residual": spec.residual, "dataset": dataset,
-        "num_classes": meta["num_classes"], "class_names": meta["class_names"],
-        "input_shape": meta["input_shape"], "resize": meta.get("resize", meta["input_shape"][-1]),
-        "channel_mode": meta["channel_mode"], "mean": meta["mean"], "std": meta["std"],
-        "trained": bool(meta.get("trained", True)), "test_accuracy": meta.get("test_accuracy"),
-        "source": {"kind": "checkpoint", "path": str(path),
-                   "sha256": meta.get("weights_sha256") or sha256_file(Path(path) / "model.safetensors"),
-                   "command": meta.get("command")},
-    }
-    return Source(model, info)
+    sha256 = meta.get("weights_sha256") or sha256_file(Path(path) / "model.safetensors")
+    try:
+        return ModelCard(
+            name=served_name(meta["model"], dataset), model=meta["model"], family=spec.family,
+            depth=spec.depth, residual=spec.residual, dataset=dataset,
+            num_classes=meta["num_classes"], class_names=meta["class_names"],
+            input_shape=meta["input_shape"], resize=meta.get("resize", meta["input_shape"][-1]),
+            channel_mode=meta["channel_mode"], mean=meta["mean"], std=meta["std"],
+            trained=bool(meta.get("trained", True)), test_accuracy=meta.get("test_accuracy"),
+            provenance=Provenance(kind="checkpoint", path=str(path), sha256=sha256, command=meta.get("command")),
+        )
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{path}: its metadata cannot make a model card ({e})") from None
 
 
 def from_torchvision_weights(path: Path, model_name: str) -> Source:
@@ -80,9 +83,8 @@ def from_torchvision_weights(path: Path, model_name: str) -> Source:
     model = create_model(model_name, num_classes=num_classes)
     load_state_dict_strict(model, state, source=f"{path} (as {model_name})")
     classes = IMAGENET_CLASSES if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
-    info = _imagenet_info(model_name, classes, trained=True)
-    info["source"] = {"kind": "torchvision-weights", "path": str(path), "sha256": sha256_file(path)}
-    return Source(model.eval(), info)
+    provenance = Provenance(kind="torchvision-weights", path=str(path), sha256=sha256_file(path))
+    return Source(model.eval(), _imagenet_card(model_name, classes, trained=True, provenance=provenance))
 
 
 def untrained(model_name: str) -> Source:
@@ -95,17 +97,16 @@ def untrained(model_name: str) -> Source:
         raise UserError(f"{model_name} is a CIFAR-family model: export it from a trained --checkpoint")
     torch.manual_seed(UNTRAINED_SEED)
     model = randomize_batchnorm_stats_(create_model(model_name), seed=UNTRAINED_SEED)
-    info = _imagenet_info(model_name, IMAGENET_CLASSES, trained=False)
-    info["source"] = {"kind": "deterministic-init", "seed": UNTRAINED_SEED, "sha256": None}
-    return Source(model.eval(), info)
+    provenance = Provenance(kind="deterministic-init", seed=UNTRAINED_SEED, sha256=None)
+    return Source(model.eval(), _imagenet_card(model_name, IMAGENET_CLASSES, trained=False, provenance=provenance))
 
 
-def _imagenet_info(model_name: str, classes: list[str], trained: bool) -> dict[str, Any]:
+def _imagenet_card(model_name: str, classes: list[str], trained: bool, provenance: Provenance) -> ModelCard:
     spec = get_spec(model_name)
-    return {"name": served_name(model_name, "imagenet"), "model": model_name, "family": spec.family,
-            "depth": spec.depth, "residual": spec.residual, "dataset": "imagenet",
-            "num_classes": len(classes), "class_names": classes, **IMAGENET_PREPROCESS,
-            "trained": trained, "test_accuracy": None}
+    return ModelCard(name=served_name(model_name, "imagenet"), model=model_name, family=spec.family,
+                     depth=spec.depth, residual=spec.residual, dataset="imagenet",
+                     num_classes=len(classes), class_names=classes, **IMAGENET_PREPROCESS,
+                     trained=trained, test_accuracy=None, provenance=provenance)
 
 
 def load_source(model_name: str | None, checkpoint: Path | None, torchvision_weights: Path | None) -> Source:

@@ -7,33 +7,34 @@ ever visible to ``bentoml models list`` or the service.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+
+from models.card import ModelCard
 
 log = logging.getLogger(__name__)
 
 
-def labels_for(meta: dict[str, Any], precisions: list[str]) -> dict[str, str]:
-    acc = meta.get("test_accuracy")
+def labels_for(card: ModelCard, precisions: list[str]) -> dict[str, str]:
+    acc = card.test_accuracy
     return {
-        "model": meta["model"], "dataset": meta["dataset"], "depth": str(meta["depth"]),
-        "precision": ",".join(precisions), "trained": str(meta["trained"]).lower(),
-        "accuracy": f"{acc:.2f}" if isinstance(acc, (int, float)) else "n/a",
+        "model": card.model, "dataset": card.dataset, "depth": str(card.depth),
+        "precision": ",".join(precisions), "trained": str(card.trained).lower(),
+        "accuracy": f"{acc:.2f}" if acc is not None else "n/a",
     }
 
 
-def register(files: dict[str, Path], meta: dict[str, Any]) -> str:
-    """Copies the verified ``{precision: onnx_path}`` files (and their JSON) into a new store version."""
+def register(files: dict[str, Path], card: ModelCard) -> str:
+    """Copies the verified ``{precision: onnx_path}`` files (and their cards) into a new store version."""
     import bentoml
 
     precisions = sorted(files)
-    summary = {k: meta[k] for k in ("model", "depth", "dataset", "trained", "test_accuracy", "input_shape")}
-    summary["source_sha256"] = meta["source"]["sha256"]
+    summary = {"model": card.model, "depth": card.depth, "dataset": card.dataset, "trained": card.trained,
+               "test_accuracy": card.test_accuracy, "input_shape": list(card.input_shape),
+               "source_sha256": card.provenance.sha256}
     summary = {k: v for k, v in summary.items() if v is not None}  # BentoML metadata refuses None
-    with bentoml.models.create(meta["name"], labels=labels_for(meta, precisions), metadata=summary) as bento_model:
+    with bentoml.models.create(card.name, labels=labels_for(card, precisions), metadata=summary) as bento_model:
         for precision, path in files.items():
             shutil.copy2(path, bento_model.path_of(f"model.{precision}.onnx"))
             shutil.copy2(path.with_suffix(".json"), bento_model.path_of(f"model.{precision}.json"))
@@ -52,9 +53,12 @@ def find_registered(name: str, source_sha256: str | None, precisions: list[str])
         return None
     for model in sorted(candidates, key=lambda m: m.info.creation_time, reverse=True):
         have = [p for p in precisions if Path(model.path_of(f"model.{p}.onnx")).is_file()]
-        meta_file = Path(model.path_of(f"model.{precisions[0]}.json"))
-        if have == precisions and meta_file.is_file():
-            stored = json.loads(meta_file.read_text())
-            if stored.get("source", {}).get("sha256") == source_sha256:
+        card_file = Path(model.path_of(f"model.{precisions[0]}.json"))
+        if have == precisions and card_file.is_file():
+            try:
+                stored = ModelCard.from_json(card_file.read_text())
+            except ValueError:  # unreadable: not a version to reuse
+                continue
+            if stored.provenance.sha256 == source_sha256:
                 return str(model.tag)
     return None

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.onnx_io import INPUT_NAME, cpu_session, op_counts
+from models.card import ModelCard
 from models.data import load_fashion_mnist
-from models.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3}  # max |onnx - float64| / max |float64|
@@ -35,7 +36,7 @@ class VerificationError(UserError):
     pass
 
 
-def real_images(meta: dict[str, Any], split: str, count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def real_images(card: ModelCard, split: str, count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Normalised model inputs made from real Fashion-MNIST images, and their labels.
 
     Fashion-MNIST models get them as they were trained; ImageNet-shape models get them resized
@@ -43,18 +44,18 @@ def real_images(meta: dict[str, Any], split: str, count: int, offset: int = 0) -
     """
     images, labels = load_fashion_mnist(split)
     x = torch.from_numpy(images[offset : offset + count]).float()[:, None] / 255.0  # (N, 1, 28, 28)
-    c, h, w = meta["input_shape"]
+    c, h, w = card.input_shape
     if (h, w) != (28, 28):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
     x = x.expand(-1, c, -1, -1)
-    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.std).view(1, -1, 1, 1)
     return ((x - mean) / std).numpy().astype(np.float32), labels[offset : offset + count].astype(np.int64)
 
 
-def random_inputs(meta: dict[str, Any], count: int, seed: int = 0) -> np.ndarray:
+def random_inputs(card: ModelCard, count: int, seed: int = 0) -> np.ndarray:
     gen = np.random.default_rng(seed)
-    return gen.standard_normal((count, *meta["input_shape"]), dtype=np.float32)
+    return gen.standard_normal((count, *card.input_shape), dtype=np.float32)
 
 
 def reference_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
@@ -94,22 +95,22 @@ def verify_float(path: Path, precision: str, model: nn.Module, inputs: dict[str,
     return figures
 
 
-def verify_int8(path: Path, fp32_path: Path, meta: dict[str, Any], agreement_images: np.ndarray) -> dict[str, Any]:
+def verify_int8(path: Path, fp32_path: Path, card: ModelCard, agreement_images: np.ndarray) -> dict[str, Any]:
     figures: dict[str, Any] = {"ops": check_graph(path)}
     q, f = onnx_logits(path, agreement_images), onnx_logits(fp32_path, agreement_images)
     agreement = 100.0 * float((q.argmax(1) == f.argmax(1)).mean())
     qc, fc = q - q.mean(1, keepdims=True), f - f.mean(1, keepdims=True)
     cosine = float(((qc * fc).sum(1) / (np.linalg.norm(qc, axis=1) * np.linalg.norm(fc, axis=1) + 1e-30)).min())
     figures.update(top1_agreement=agreement, agreement_images=len(agreement_images), min_logit_cosine=cosine)
-    if not meta["trained"]:
+    if not card.trained:
         if not cosine >= INT8_MIN_UNTRAINED_COSINE:
             raise VerificationError(f"{path.name}: int8 logits of this untrained model reach cosine {cosine:.4f} "
                                     f"with fp32, below {INT8_MIN_UNTRAINED_COSINE}")
     elif agreement < INT8_MIN_AGREEMENT:
         raise VerificationError(f"{path.name}: int8 top-1 agrees with fp32 on {agreement:.2f}% of "
                                 f"{len(q)} images, below {INT8_MIN_AGREEMENT}%")
-    if meta["dataset"] == "fashion-mnist":
-        x, y = real_images(meta, "test", 10_000)
+    if card.dataset == "fashion-mnist":
+        x, y = real_images(card, "test", 10_000)
         acc_q = 100.0 * float((onnx_logits(path, x, 500).argmax(1) == y).mean())
         acc_f = 100.0 * float((onnx_logits(fp32_path, x, 500).argmax(1) == y).mean())
         figures.update(test_accuracy=acc_q, fp32_test_accuracy=acc_f)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from models.cli import run_cli
-from models.files import ensure_writable_dir
+from common.cli import run_cli
+from common.files import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"

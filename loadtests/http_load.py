@@ -1,4 +1,4 @@
-"""The service side of ``service.bench``: ``bentoml serve`` in a subprocess, its /metrics and log,
+"""The service side of ``bench.service_overhead.measure``: ``bentoml serve`` in a subprocess, its /metrics and log,
 and closed-loop HTTP clients. Standard library only (``http.client``, threads), so the load generator
 costs little of the cores it shares with the service.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from loadtests.corpus import BOUNDARY, multipart_body
-from models.errors import UserError
+from common.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PORT_CLASH_RELAUNCHES = 2

@@ -46,9 +46,10 @@ from loadtests.corpus import build_corpus, load_corpus, multipart_body
 from loadtests.http_load import ServeProcess, drive, http_get, scrape
 from loadtests.locust_run import LocustLoad, run_locust
 from loadtests.sweep_models import SweepModel, describe, ensure_registered, expand
-from models.cli import int_list, run_cli
-from models.errors import UserError
-from models.files import ensure_writable_dir
+from common.cli import int_list, run_cli
+from common.errors import UserError
+from common.files import ensure_writable_dir
+from models.card import ModelCard
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -130,10 +131,13 @@ def _engine_latency(served_models: dict[str, Any], config: Any, name: str, tenso
 def _local_models(env: dict[str, str]) -> tuple[dict[str, Any], Any]:
     """(served name -> ``ServedModel`` from the local store as the service would load them, or {} if
     absent; the service's config under ``env``)."""
-    from service.bench import service_config
     from service.catalog import ModelUnavailable, resolve_models
+    from service.config import load_config
 
-    config = service_config(env)
+    try:
+        config = load_config(env)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     try:
         return {m.name: m for m in resolve_models(config, verify_checksums=True)}, config
     except ModelUnavailable as e:
@@ -141,17 +145,17 @@ def _local_models(env: dict[str, str]) -> tuple[dict[str, Any], Any]:
         return {}, config
 
 
-def _tensors(corpus_dir: Path, metadata: dict[str, Any], count: int = 8) -> np.ndarray:
+def _tensors(corpus_dir: Path, card: ModelCard, count: int = 8) -> np.ndarray:
     from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
 
-    spec, limits = PreprocessSpec.from_metadata(metadata), DecodeLimits()
+    spec, limits = PreprocessSpec.from_card(card), DecodeLimits()
     _, images = load_corpus(corpus_dir)
     return np.stack([preprocess(data, spec, limits) for _, data in images[:count]])
 
 
 def run_sweep(cfg: SweepConfig, stamp_dir: Path) -> dict[str, Any]:
     """Runs every (variant, model, load) and returns the results; Locust's CSVs go to ``stamp_dir/raw``."""
-    from service.bench import machine_info
+    from loadtests.machine import machine_info
 
     names = expand(cfg.models, tuple(cfg.checkpoints))
     if not names:
@@ -211,9 +215,9 @@ def run_sweep(cfg: SweepConfig, stamp_dir: Path) -> dict[str, Any]:
                                                     "mean_bytes": float(np.mean([i.bytes for i in items])),
                                                     "formats": sorted({i.content_type for i in items})}
                     if name in local:  # how its weights came to be, for the accuracy column
-                        results["models"][name]["trained_by"] = local[name].metadata.get("source", {}).get("command")
+                        results["models"][name]["trained_by"] = local[name].card.provenance.command
                     if name in local and name not in engine:
-                        tensors = _tensors(corpora[kind], local[name].metadata)
+                        tensors = _tensors(corpora[kind], local[name].card)
                         engine[name] = {"1": _engine_latency(local, config, name, tensors, 1, cfg.engine_seconds)}
                     _sweep_model(cfg, server, model, corpora[kind], label, stamp_dir, results, bar)
             finally:
@@ -222,7 +226,7 @@ def run_sweep(cfg: SweepConfig, stamp_dir: Path) -> dict[str, Any]:
             for name in names:  # engine-only at the batch sizes the service formed
                 if name not in local:
                     continue
-                tensors = _tensors(corpora[results["models"][name]["corpus_kind"]], local[name].metadata)
+                tensors = _tensors(corpora[results["models"][name]["corpus_kind"]], local[name].card)
                 for run in results["runs"]:
                     b = run.get("mean_batch_size")
                     if run["variant"] == label and run["model"] == name and b and str(round(b)) not in engine[name]:

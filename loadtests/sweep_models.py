@@ -18,7 +18,8 @@ from export.default_model import EXPORT_DIR, ensure_default_model
 from export.pipeline import ExportConfig, export_model
 from models.checkpoint import METADATA_FILE
 from models.default import CHECKPOINTS_DIR, DEFAULT_MODEL_NAME
-from models.errors import UserError
+from common.errors import UserError
+from models.card import served_name
 from models.flops import registry_cost
 from models.registry import get_spec
 
@@ -50,12 +51,12 @@ class SweepModel:
         return min(5, self.num_classes)
 
 
-def served_name(name: str) -> str:
+def resolve_served_name(name: str) -> str:
     """``resnet50`` -> ``resnet50-imagenet``, ``resnet20`` -> ``resnet20-fmnist``, served names as they are."""
     if "-" in name:
         return name
     spec = get_spec(name)  # one-line error listing every name for a typo
-    return f"{name}-{'imagenet' if spec.family == 'imagenet' else 'fmnist'}"
+    return served_name(name, "imagenet" if spec.family == "imagenet" else "fashion-mnist")
 
 
 def _store_names() -> list[str]:
@@ -83,14 +84,14 @@ def family_names(extra_dirs: tuple[Path, ...] = ()) -> list[str]:
         for meta_path in folder.glob(f"*/{METADATA_FILE}") if folder.is_dir() else ():
             meta = json.loads(meta_path.read_text())
             if meta.get("dataset") == "fashion-mnist" and meta.get("model"):
-                names.add(f"{meta['model']}-fmnist")
+                names.add(served_name(meta["model"], "fashion-mnist"))
     return sorted(names, key=lambda n: (not get_spec(n.rsplit("-", 1)[0]).residual, get_spec(n.rsplit("-", 1)[0]).depth))
 
 
 def expand(requested: list[str], extra_dirs: tuple[Path, ...] = ()) -> list[str]:
     out: list[str] = []
     for name in requested:
-        for served in family_names(extra_dirs) if name == FAMILY_KEYWORD else [served_name(name)]:
+        for served in family_names(extra_dirs) if name == FAMILY_KEYWORD else [resolve_served_name(name)]:
             if served not in out:
                 out.append(served)
     return out

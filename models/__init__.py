@@ -1,7 +1,7 @@
 """The ResNet family: ImageNet ResNet-18..152, the paper's CIFAR ResNet-20..110, and plain twins.
 
 Names are imported lazily so that torch-free users of the package (the HTTP service reads
-``models.default`` and ``models.files``) do not pay for importing torch.
+``models.card`` and ``models.default``) do not pay for importing torch.
 """
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.errors import UserError
-from models.files import sha256_file
+from common.errors import UserError
+from common.files import sha256_file
 from models.registry import create_model
 
 WEIGHTS_FILE = "model.safetensors"

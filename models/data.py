@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from models.errors import UserError
+from common.errors import UserError
 
 FMNIST_DIR_ENV = "FMNIST_DIR"
 DEFAULT_FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

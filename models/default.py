@@ -10,16 +10,17 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.cli import run_cli
+from common.cli import run_cli
+from models.card import served_name
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL_NAME = "resnet20-fmnist"  # <architecture>-<dataset>: the name it is served under
+DEFAULT_MODEL_NAME = served_name("resnet20", "fashion-mnist")  # resnet20-fmnist: the name it is served under
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"  # committed checkpoints, <served name>/
 DEFAULT_CHECKPOINT = CHECKPOINTS_DIR / DEFAULT_MODEL_NAME
-# The depth study's nets (python -m models.study --publish copies them into CHECKPOINTS_DIR), one per
+# The depth study's nets (python -m bench.depth_study.study --publish copies them into CHECKPOINTS_DIR), one per
 # depth; its own resnet20 is left out, since that name is the default's.
-FAMILY_MODEL_NAMES = tuple(f"{m}-fmnist" for m in ("resnet32", "resnet44", "resnet56", "resnet110",
-                                                     "plain20", "plain32", "plain44", "plain56"))
+FAMILY_MODEL_NAMES = tuple(served_name(m, "fashion-mnist") for m in (
+    "resnet32", "resnet44", "resnet56", "resnet110", "plain20", "plain32", "plain44", "plain56"))
 # What the service serves when RESNET_MODELS is not set, and what `make serve` exports: the default
 # model first (it answers requests that name no model), then the family.
 DEFAULT_SERVED_MODELS = (DEFAULT_MODEL_NAME, *FAMILY_MODEL_NAMES)

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from models.checkpoint import load_checkpoint
-from models.cli import run_cli
+from common.cli import run_cli
 from models.data import load_fashion_mnist
-from models.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import nn
 
-from models.errors import UserError
+from common.errors import UserError
 from models.resnet import CIFAR_DEPTHS, IMAGENET_LAYERS, cifar_resnet, imagenet_resnet
 
 Family = Literal["imagenet", "cifar"]

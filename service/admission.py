@@ -1,18 +1,8 @@
 """How many classify requests one API worker admits at once (``AdaptiveLimit``: a fixed cap,
-optionally tightened while the requests it admitted take too long; it shrinks and grows
-multiplicatively on their mean time in the worker; off by default, ``RESNET_ADMIT_TARGET_MS=0``),
-and what happens to the next one (``AdmissionGate``: it waits for a slot, briefly, or is refused).
-
-Why it exists: a cap high enough for a burst of well-behaved clients (connections do not spread
-evenly over the workers, so one worker may hold all of them) lets an overloaded worker hold that
-many requests. Measured on the 2-core CPU machine with the overload benchmark's load, before the
-request guard moved outside BentoML's middleware and the garbage collector was tuned: at 4x the
-saturation rate, 24 per worker gave accepted p99 of 1.0-1.8 s, 12 per worker 0.6-0.8 s but refused
-5-9% of 16 closed-loop clients at saturation, and this limit with a 150 ms target 0.74-0.81 s
-without refusing them. After those two changes the fixed cap alone meets the service's latency
-budget (``python -m service.overload_bench``: accepted p99 452 ms with the cap, 365 ms with a
-150 ms target, in adjacent runs), and one target for every served model would shed the clients
-of a slow one, so it is off unless asked for.
+optionally tightened while the requests it admitted take too long; off by default,
+``RESNET_ADMIT_TARGET_MS=0``), and what happens to the next one (``AdmissionGate``: it waits for a
+slot, briefly, or is refused), so that latency under overload stays bounded instead of growing
+with a queue (docs/decisions/003-admission-control.md).
 
 The worker is one asyncio event loop, so no lock: every call comes from that loop.
 """
@@ -68,14 +58,9 @@ class AdmissionGate:
     """The admission of one API worker: at most ``limit.current`` requests in progress; one that
     finds no slot free waits for one, first come first served, up to ``wait_s``, and is refused
     when none came in time or when ``max_waiting`` requests are already waiting (``wait_s`` 0:
-    refused at once).
-
-    Why the wait: at 70% of the saturation rate this 2-core machine runs ~85% busy, and chance
-    alone makes congestion episodes of 1-2 s in which the time in the worker rises to ~200 ms and
-    the requests in progress pass the cap for a moment (python -m service.soak_bench, 91 requests of
-    146,348 refused in 10 minutes that way). Waiting a little absorbs such an episode; under real
-    overload the wait is bounded in time and in number, so requests are still refused within
-    ``wait_s`` and the latency of accepted ones stays bounded."""
+    refused at once). The wait absorbs the brief congestion episodes that pass the cap below
+    saturation; bounded in time and in number, it keeps latency under overload bounded
+    (docs/decisions/003-admission-control.md)."""
 
     def __init__(self, limit: AdaptiveLimit, wait_s: float = 0.0, max_waiting: int = 0) -> None:
         self.limit, self.wait_s, self.max_waiting = limit, wait_s, max_waiting

@@ -1,13 +1,12 @@
 """Which models the service loads: served names resolved to verified ONNX files in the BentoML store."""
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from models.files import sha256_file
+from common.files import sha256_file
+from models.card import ModelCard
 from service.config import ServiceConfig
 from service.engine import cuda_usable
 
@@ -24,7 +23,7 @@ class ServedModel:
     tag: str  # resnet20-fmnist:<version>
     precision: str
     onnx_path: Path
-    metadata: dict[str, Any]
+    card: ModelCard
 
     @property
     def api_name(self) -> str:
@@ -38,7 +37,7 @@ def resolve_precision(config: ServiceConfig) -> str:
 
 
 def resolve_models(config: ServiceConfig, verify_checksums: bool = False) -> list[ServedModel]:
-    """Latest store version of each configured name, with its metadata; one clear error if absent."""
+    """Latest store version of each configured name, with its card; one clear error if absent."""
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
@@ -60,24 +59,23 @@ def resolve_models(config: ServiceConfig, verify_checksums: bool = False) -> lis
             log.info("%s has no %s file: serving it in fp32", stored.tag, own)
             own = "fp32"
         path = Path(stored.path_of(f"model.{own}.onnx"))
-        meta_path = path.with_suffix(".json")
-        for needed in (path, meta_path):
+        card_path = path.with_suffix(".json")
+        for needed in (path, card_path):
             if not needed.is_file():
                 raise ModelUnavailable(f"{stored.tag}: {needed} is missing; re-export it with --precision {own}")
         try:
-            meta = json.loads(meta_path.read_text())
+            card = ModelCard.from_json(card_path.read_text())
         except ValueError as e:
-            raise ModelUnavailable(f"{stored.tag}: {meta_path} is not valid JSON ({e})") from None
+            raise ModelUnavailable(f"{stored.tag}: {card_path}: {e}; re-export the model") from None
         if verify_checksums:
-            verify_checksum(str(stored.tag), path, meta)
-        served.append(ServedModel(name, str(stored.tag), own, path, meta))
+            verify_checksum(str(stored.tag), path, card.onnx_sha256)
+        served.append(ServedModel(name, str(stored.tag), own, path, card))
     return served
 
 
-def verify_checksum(tag: str, path: Path, meta: dict[str, Any]) -> None:
-    """The file's sha256 must equal the one its export recorded; a file with none recorded is
-    refused too, since nothing would then tell a damaged or swapped file from the real one."""
-    expected = meta.get("onnx_sha256")
+def verify_checksum(tag: str, path: Path, expected: str | None) -> None:
+    """The file's sha256 must equal the one its export recorded (``expected``); a file with none
+    recorded is refused too, since nothing would then tell a damaged or swapped file from the real one."""
     if not isinstance(expected, str) or len(expected) != 64:
         raise ModelUnavailable(f"{tag}: {path.with_suffix('.json')} records no onnx_sha256, so {path.name} "
                                "cannot be verified; re-export the model")

@@ -21,7 +21,7 @@
 | RESNET_PREFER_NHWC | off | on = the CUDA provider's NHWC convolution kernels (`prefer_nhwc`; CUDA only) |
 | RESNET_MAX_INFLIGHT | 24 | classify requests in progress at once in each API worker; the next wait (RESNET_ADMIT_WAIT_MS) or get 503 + Retry-After |
 | RESNET_ADMIT_WAIT_MS | 250 | a request that finds its API worker at the cap waits this long for a slot (behind at most RESNET_MAX_INFLIGHT others) before its 503 (0 = 503 at once) |
-| RESNET_ADMIT_TARGET_MS | 0 | > 0: while the requests an API worker admitted spend longer than this in it on average, it admits fewer than RESNET_MAX_INFLIGHT (0 = off; see README) |
+| RESNET_ADMIT_TARGET_MS | 0 | > 0: while the requests an API worker admitted spend longer than this in it on average, it admits fewer than RESNET_MAX_INFLIGHT (0 = off; docs/decisions/003-admission-control.md) |
 | RESNET_RETRY_AFTER_S | 1 | the Retry-After of every 503 |
 | RESNET_BODY_TIMEOUT_S | 30 | a request body not received in full within this time gets 408 and the connection is closed |
 | RESNET_DRAIN_QUIET_S | 1 | after SIGTERM the engine keeps serving until no request has come for this long ... |
@@ -30,13 +30,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from models.default import DEFAULT_SERVED_MODELS
 
 
-def _int(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name)
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
@@ -48,8 +49,8 @@ def _int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
-def _float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
@@ -61,8 +62,8 @@ def _float(name: str, default: float, minimum: float = 0.0) -> float:
     return value
 
 
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = os.environ.get(name) or default
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
     if value not in choices:
         raise ValueError(f"{name}={value!r}: choose from {', '.join(choices)}")
     return value
@@ -101,52 +102,53 @@ class ServiceConfig:
 
 
 def usable_cores() -> int:
-    """The CPUs this process may run on (taskset, a container's cpuset), not the machine's count:
-    under ``taskset -c 0,1`` on a 16-core host, os.cpu_count() would start 16 API workers and 16
-    onnxruntime threads on 2 cores."""
+    """The CPUs this process may run on (taskset, a container's cpuset), not the machine's count,
+    which would oversubscribe a pinned service (docs/decisions/012-usable-cores.md)."""
     try:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
 
-def load_config() -> ServiceConfig:
+def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """The settings from ``env`` (default: this process's environment); ValueError names a bad one."""
+    env = os.environ if env is None else env
     cores = usable_cores()
-    models = tuple(m.strip() for m in (os.environ.get("RESNET_MODELS") or ",".join(DEFAULT_SERVED_MODELS)).split(",")
+    models = tuple(m.strip() for m in (env.get("RESNET_MODELS") or ",".join(DEFAULT_SERVED_MODELS)).split(",")
                    if m.strip())
     if not models:
         raise ValueError("RESNET_MODELS names no model")
     return ServiceConfig(
         models=models,
-        precision=_choice("RESNET_PRECISION", "auto", ("auto", "fp32", "fp16", "int8")),
-        device=_choice("RESNET_DEVICE", "auto", ("auto", "cuda", "cpu")),
-        device_id=_int("RESNET_DEVICE_ID", 0, minimum=0),
-        max_batch_size=_int("RESNET_MAX_BATCH_SIZE", 32),
-        max_latency_ms=_int("RESNET_MAX_LATENCY_MS", 1000),
-        batching=_choice("RESNET_BATCHING", "on", ("on", "off")) == "on",
-        api_workers=_int("RESNET_API_WORKERS", cores),
-        engine_threads=_int("RESNET_ENGINE_THREADS", cores),
-        max_image_bytes=_int("RESNET_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
-        max_pixels=_int("RESNET_MAX_PIXELS", 40_000_000),
-        max_body_bytes=_int("RESNET_MAX_BODY_BYTES", 32 * 1024 * 1024),
-        max_batch_images=_int("RESNET_MAX_BATCH_IMAGES", 16),
-        max_top_k=_int("RESNET_MAX_TOP_K", 100),
-        cuda_graphs=_choice("RESNET_CUDA_GRAPHS", "off", ("on", "off")) == "on",
-        prefer_nhwc=_choice("RESNET_PREFER_NHWC", "off", ("on", "off")) == "on",
-        # Per worker, not split from a total: connections do not spread evenly over the workers,
-        # and at 70% of saturation this 2-core machine saw bursts of 30-40 requests in flight in
-        # all; 24 each leaves room for those and, under overload, bounds the queue (what
-        # python -m service.overload_bench measures).
-        max_inflight=_int("RESNET_MAX_INFLIGHT", 24),
-        retry_after_s=_int("RESNET_RETRY_AFTER_S", 1),
-        body_timeout_s=_int("RESNET_BODY_TIMEOUT_S", 30),
-        drain_quiet_s=_float("RESNET_DRAIN_QUIET_S", 1.0),
-        drain_max_s=_float("RESNET_DRAIN_MAX_S", 30.0),
+        precision=_choice(env, "RESNET_PRECISION", "auto", ("auto", "fp32", "fp16", "int8")),
+        device=_choice(env, "RESNET_DEVICE", "auto", ("auto", "cuda", "cpu")),
+        device_id=_int(env, "RESNET_DEVICE_ID", 0, minimum=0),
+        max_batch_size=_int(env, "RESNET_MAX_BATCH_SIZE", 32),
+        max_latency_ms=_int(env, "RESNET_MAX_LATENCY_MS", 1000),
+        batching=_choice(env, "RESNET_BATCHING", "on", ("on", "off")) == "on",
+        api_workers=_int(env, "RESNET_API_WORKERS", cores),
+        engine_threads=_int(env, "RESNET_ENGINE_THREADS", cores),
+        max_image_bytes=_int(env, "RESNET_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+        max_pixels=_int(env, "RESNET_MAX_PIXELS", 40_000_000),
+        max_body_bytes=_int(env, "RESNET_MAX_BODY_BYTES", 32 * 1024 * 1024),
+        max_batch_images=_int(env, "RESNET_MAX_BATCH_IMAGES", 16),
+        max_top_k=_int(env, "RESNET_MAX_TOP_K", 100),
+        cuda_graphs=_choice(env, "RESNET_CUDA_GRAPHS", "off", ("on", "off")) == "on",
+        prefer_nhwc=_choice(env, "RESNET_PREFER_NHWC", "off", ("on", "off")) == "on",
+        # Per worker, not split from a total: connections do not spread evenly over the workers
+        # (docs/decisions/003-admission-control.md).
+        max_inflight=_int(env, "RESNET_MAX_INFLIGHT", 24),
+        retry_after_s=_int(env, "RESNET_RETRY_AFTER_S", 1),
+        body_timeout_s=_int(env, "RESNET_BODY_TIMEOUT_S", 30),
+        drain_quiet_s=_float(env, "RESNET_DRAIN_QUIET_S", 1.0),
+        drain_max_s=_float(env, "RESNET_DRAIN_MAX_S", 30.0),
         # Off by default: one target for every served model would shed the clients of a slow one
-        # (resnet152 takes ~110 ms per image alone on a 2-core CPU). README, "Service".
-        admit_target_ms=_int("RESNET_ADMIT_TARGET_MS", 0, minimum=0),
-        # A congestion episode of 1-2 s at 70% of saturation (time in the worker ~200 ms) passed the
-        # cap for a moment and was refused; 250 ms of waiting absorbs most such episodes (README, "Service").
-        admit_wait_ms=_int("RESNET_ADMIT_WAIT_MS", 250, minimum=0),
-        engine_spin=_choice("RESNET_ENGINE_SPIN", "off", ("on", "off")) == "on",
+        # (docs/decisions/003-admission-control.md).
+        admit_target_ms=_int(env, "RESNET_ADMIT_TARGET_MS", 0, minimum=0),
+        # Waiting absorbs the brief congestion episodes that pass the cap below saturation
+        # (docs/decisions/003-admission-control.md).
+        admit_wait_ms=_int(env, "RESNET_ADMIT_WAIT_MS", 250, minimum=0),
+        # Off: spinning intra-op threads took the API workers' cores
+        # (docs/decisions/002-engine-threads-and-spinning.md).
+        engine_spin=_choice(env, "RESNET_ENGINE_SPIN", "off", ("on", "off")) == "on",
     )

@@ -1,18 +1,11 @@
 """The per-request time limit of both services (``traffic={"timeout": ...}``), without BentoML's leak.
 
-BentoML 1.4.40 enforces that limit with ``TimeoutMiddleware``, which starts a ``loop.call_later``
-timer for every request and never cancels it. Each timer holds its request's future and a copy of
-its context (the OpenTelemetry span and what hangs off it) until the limit has passed, so with the
-60-s limit an API worker at 100 requests/s carries ~6,000 finished requests' objects (measured: 11,000
-live timers in the engine, 13,000 in one API worker, their objects 360,000 of a worker's 480,000).
-Python's garbage collector then traverses them over and over: 100-200 ms pauses every ~20 s and
-430-ms full collections, during which the worker answered nobody and requests piled up to the
-admission cap (``python -m service.soak_bench`` shed 0.6% of its requests at 70% of saturation).
-
-``ResponseDeadline`` keeps BentoML's contract (a request that has not begun its answer within the
-limit gets 504 with a JSON message, and its handler is cancelled) and cancels the timer as soon as the
-answer begins. ``install`` puts it in place of BentoML's class, which BentoML looks up each time it
-builds a service's app, so it must run before the app is built (service.service does it at import).
+BentoML 1.4.40's ``TimeoutMiddleware`` starts a timer for every request and never cancels it, so
+each finished request's future and context stay alive for the whole limit (60 s), and the garbage
+collector's pauses over them made the latency tail (docs/decisions/006-response-deadline.md).
+``ResponseDeadline`` keeps its contract (504 + JSON when no answer has begun within the limit, the
+handler cancelled) and cancels its timer once the answer begins. service/bentoml_compat.py puts it
+in the place of BentoML's.
 """
 from __future__ import annotations
 
@@ -20,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from starlette.responses import JSONResponse
+from service.errors import send_error
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +53,7 @@ class ResponseDeadline:
             if task.cancel():
                 log.warning("%s %s: no answer begun within %g s; cancelled", scope.get("method"),
                             scope.get("path"), self.timeout)
-                await JSONResponse({"error": f"not able to process the request in {self.timeout:g} seconds",
-                                    "code": "timeout"}, status_code=504)(scope, receive, send)
+                await send_error(send, "timeout", f"not able to process the request in {self.timeout:g} seconds")
                 return
         except asyncio.CancelledError:  # the server gave up on this request: so does its handler
             task.cancel()
@@ -70,9 +62,3 @@ class ResponseDeadline:
             timer.cancel()
         await task
 
-
-def install() -> None:
-    """Make BentoML build every service's app (in this process) with ``ResponseDeadline``."""
-    from bentoml._internal.server.http import traffic
-
-    traffic.TimeoutMiddleware = ResponseDeadline  # type: ignore[misc,assignment]

@@ -33,13 +33,11 @@ class EngineOptions:
     device: str = "auto"  # auto, cuda, cpu
     device_id: int = 0
     threads: int = 1  # intra-op threads for the CPU provider
-    # onnxruntime's intra-op threads spin (busy-wait) after each run by default. In the service the
-    # API workers decode images on the same cores, so a spinning engine takes their CPU: on 2 cores
-    # the engine used 1.2 cores to serve 28 requests/s from one client, and 16 clients got 134 req/s
-    # spinning against 223 without (README, "Service").
+    # Off: spinning intra-op threads take the cores the API workers decode on
+    # (docs/decisions/002-engine-threads-and-spinning.md).
     spin: bool = False
     max_batch_size: int = 32
-    # CUDA only (ignored on the CPU provider); off until measured on the GPU (loadtests/gpu).
+    # CUDA only (ignored on the CPU provider); off until measured on the GPU (bench/gpu).
     cuda_graphs: bool = False  # one captured CUDA graph per batch bucket, fixed device buffers
     prefer_nhwc: bool = False  # the CUDA provider's NHWC kernels (provider option prefer_nhwc)
 

@@ -1,34 +1,26 @@
 """ASGI middleware in front of the BentoML app: refuses malformed requests with 4xx JSON before
 BentoML parses them, so that no client input can reach BentoML's generic 500 path, and sheds load
-before it queues.
+before it queues. It wraps BentoML's whole app, middleware included, so that a refusal costs little
+(docs/decisions/004-guard-outside-bentoml-middleware.md).
 
-* a body over the byte limit: 413, by Content-Length when given, by counting otherwise; a body not
-  received in full within ``body_timeout_s`` (a client that stalls mid-upload): 408;
-* admission: at most ``max_inflight`` classify requests in progress in this worker (if set, fewer while
-  the ones admitted spend over ``admit_target_s`` in it on average); beyond that a request waits
-  for a slot for at most ``admit_wait_s``, behind at most ``max_inflight`` others, and otherwise
-  gets 503 with ``Retry-After``, so latency stays bounded instead of growing with a queue
-  (service/admission.py).
-  (BentoML's own ``max_concurrency`` answers 429 without Retry-After, from a middleware outside
-  this one, where no setting can change it.) The body is read before admission, so slow uploads
-  hold no admission slot;
-* ``/classify`` and ``/classify_batch`` must be ``multipart/form-data`` holding only their own
-  fields (BentoML would try to JSON-decode a stray file field and answer 500), with the file
-  field present, files only in it, ``model``/``top_k`` at most once and ``top_k`` an integer;
-* each upload's filename must be UTF-8, at most 200 bytes, without path separators or control
-  characters: BentoML puts it into a temporary file's name, where a 10 kB one is an OSError (500);
-* every 4xx and 503 the API answers leaves as ``{"error": ..., "code": ...}`` (BentoML's own, such
-  as its validation errors or a JSON list, are rewritten; see service/responses.py), and every
-  503 carries ``Retry-After``;
-* ``GET /models`` is served by the ``/models`` API (BentoML APIs are POST-only);
-* after SIGTERM every response carries ``Connection: close`` (service/drain.py).
+* a body over the byte limit: 413; a body not received in full within ``body_timeout_s``: 408;
+* admission: at most ``max_inflight`` requests in progress in this worker; the next waits for a
+  slot for at most ``admit_wait_s``, else 503 with ``Retry-After`` (service/admission.py,
+  docs/decisions/003-admission-control.md). The body is read first, so slow uploads hold no slot;
+* each route's form as service/schema.py declares it (multipart, known fields, the file field
+  present, files only in it, text fields at most once and of their type), and uploads' filenames
+  that BentoML can put into a temporary file's name (UTF-8, at most 200 bytes, no path or control
+  characters);
+* every 4xx and 503 leaves as ``{"error": ..., "code": ...}`` (service/responses.py reshapes
+  BentoML's own), and every 503 carries ``Retry-After``;
+* a route declared ``also_get`` (``/models``) answers GET; after SIGTERM every response carries
+  ``Connection: close`` (service/drain.py).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from python_multipart.multipart import parse_options_header
@@ -37,11 +29,10 @@ from starlette.requests import Request
 
 from service.admission import AdaptiveLimit, AdmissionGate
 from service.drain import close_when_shutting_down
+from service.errors import STATUS, send_error
 from service.responses import ErrorShaper
+from service.schema import ROUTES, Route
 
-# route -> (file field, may repeat)
-FILE_ROUTES = {"/classify": ("image", False), "/classify_batch": ("images", True)}
-SCALAR_FIELDS = ("model", "top_k")
 MAX_FORM_PARTS = 1000
 MAX_FILENAME_BYTES = 200  # BentoML adds it to a temporary file's name; Linux allows 255 bytes there
 
@@ -57,8 +48,9 @@ class _ClientGone(Exception):
 class RequestGuard:
     def __init__(self, app: Any, max_body_bytes: int, max_files: int, max_inflight: int = 1 << 30,
                  retry_after_s: int = 1, body_timeout_s: float = 30.0, admit_target_s: float = 0.0,
-                 admit_wait_s: float = 0.0, on_refuse: Callable[[int, str], None] | None = None) -> None:
-        self.app, self.max_body_bytes, self.max_files = app, max_body_bytes, max_files
+                 admit_wait_s: float = 0.0, on_refuse: Callable[[int, str], None] | None = None,
+                 routes: Mapping[str, Route] = ROUTES) -> None:
+        self.app, self.max_body_bytes, self.max_files, self.routes = app, max_body_bytes, max_files, routes
         self.on_refuse = on_refuse  # counts each refusal (the service feeds a Prometheus counter)
         self.retry_after_s, self.body_timeout_s = retry_after_s, body_timeout_s
         # Classify requests in progress in this worker (one event loop), and those waiting for a slot.
@@ -70,7 +62,8 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         send = close_when_shutting_down(send)
         path, method = scope.get("path", ""), scope.get("method")
-        if path == "/models" and method == "GET":
+        route = self.routes.get(path)
+        if route is not None and route.also_get and method == "GET":
             return await self.app(*_as_post_json(scope), ErrorShaper(send, self.retry_after_s))
         send = ErrorShaper(send, self.retry_after_s)  # touches only 4xx and 503 answers
         if method != "POST":  # e.g. GET /classify: BentoML's 405, as JSON like every refusal
@@ -78,41 +71,43 @@ class RequestGuard:
         headers = {k.lower(): v for k, v in scope.get("headers") or []}
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            return await self._refuse(send, 413, "body_too_large",
+            return await self._refuse(send, "body_too_large",
                                       f"request body over the {self.max_body_bytes}-byte limit", close=True)
-        if path not in FILE_ROUTES:
+        if route is None or route.file_field is None:  # BentoML's 404, or a route that takes no fields
             return await self.app(scope, receive, send)
         try:
             body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
         except _TooLarge:
-            return await self._refuse(send, 413, "body_too_large",
+            return await self._refuse(send, "body_too_large",
                                       f"request body over the {self.max_body_bytes}-byte limit", close=True)
         except _ClientGone:
             return None  # nobody is left to answer
         except asyncio.TimeoutError:
-            return await self._refuse(send, 408, "body_timeout",
+            return await self._refuse(send, "body_timeout",
                                       f"the request body was not received in full within {self.body_timeout_s:g} s",
                                       close=True)
         if not await self.gate.enter():
             gate = self.gate
-            return await self._refuse(send, 503, "overloaded",
+            return await self._refuse(send, "overloaded",
                                       f"the service is at capacity ({gate.inflight} requests in progress and "
                                       f"{gate.waiting} waiting in this worker); retry after {self.retry_after_s} s",
                                       extra=[(b"retry-after", str(self.retry_after_s).encode())])
         admitted = time.monotonic()
         try:
-            problem = await self._check_form(scope, body, *FILE_ROUTES[path])
+            problem = await self._check_form(scope, body, route)
             if problem:
                 return await self._refuse(send, *problem)
             return await self.app(scope, _replay(body), send)
         finally:
             self.gate.leave(time.monotonic() - admitted)
 
-    async def _refuse(self, send: Any, status: int, code: str, message: str, close: bool = False,
+    async def _refuse(self, send: Any, code: str, message: str, close: bool = False,
                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Answers with the error JSON. ``close``: the body was not read to its end, so the connection
+        cannot carry another request."""
         if self.on_refuse is not None:
-            self.on_refuse(status, code)
-        await _refuse(send, status, code, message, close, extra)
+            self.on_refuse(STATUS[code], code)
+        await send_error(send, code, message, [*(extra or []), *([(b"connection", b"close")] if close else [])])
 
     async def _read_body(self, receive: Any) -> bytes:
         chunks, size = [], 0
@@ -128,40 +123,41 @@ class RequestGuard:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    async def _check_form(self, scope: dict, body: bytes, file_field: str, repeat: bool) -> tuple[int, str, str] | None:
+    async def _check_form(self, scope: dict, body: bytes, route: Route) -> tuple[str, str] | None:
+        """The (code, message) of the first way the request's form breaks ``route``'s declaration."""
+        file_field = route.file_field
         content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
         if not content_type.lower().startswith("multipart/form-data"):
-            return 415, "not_multipart", f"send multipart/form-data with the image in field '{file_field}' (got {content_type or 'no content type'!r})"
+            return "not_multipart", f"send multipart/form-data with the image in field '{file_field}' (got {content_type or 'no content type'!r})"
         request = Request(scope, _replay(body))
         try:
             form = await request.form(max_files=self.max_files + 1, max_fields=MAX_FORM_PARTS)
         except Exception as e:  # malformed multipart: starlette/python-multipart say why
-            return 400, "bad_multipart", f"malformed multipart body: {str(e)[:200]}"
+            return "bad_multipart", f"malformed multipart body: {str(e)[:200]}"
         try:
             names = list(form.keys())
-            unknown = sorted({n for n in names if n not in (file_field, *SCALAR_FIELDS)})
+            unknown = sorted({n for n in names if n not in route.fields})
             if unknown:
                 shown = ", ".join(repr(n[:40]) for n in unknown[:5])
-                return 400, "unknown_field", f"unknown field(s) {shown}; expected '{file_field}', 'model', 'top_k'"
+                return "unknown_field", f"unknown field(s) {shown}; expected {', '.join(map(repr, route.fields))}"
             files = form.getlist(file_field)
             if not files:
-                return 400, "missing_field", f"field '{file_field}' with an image file is required"
+                return "missing_field", f"field '{file_field}' with an image file is required"
             if not all(isinstance(f, UploadFile) for f in files):
-                return 400, "not_a_file", f"field '{file_field}' must be a file upload"
+                return "not_a_file", f"field '{file_field}' must be a file upload"
             bad_name = _filename_problem(body, content_type)
             if bad_name:
-                return 400, "bad_filename", bad_name
-            if len(files) > 1 and not repeat:
-                return 400, "duplicate_field", f"field '{file_field}' given {len(files)} times; send one image (or use /classify_batch)"
-            for name in SCALAR_FIELDS:
+                return "bad_filename", bad_name
+            if len(files) > 1 and not route.repeatable:
+                return "duplicate_field", f"field '{file_field}' given {len(files)} times; send one image (or use /classify_batch)"
+            for name, kind in route.scalars.items():
                 values = form.getlist(name)
                 if len(values) > 1:
-                    return 400, "duplicate_field", f"field '{name}' given {len(values)} times"
+                    return "duplicate_field", f"field '{name}' given {len(values)} times"
                 if values and isinstance(values[0], UploadFile):
-                    return 400, "bad_field", f"field '{name}' must be text, not a file"
-            top_k = form.get("top_k")
-            if top_k is not None and not _is_int(top_k):
-                return 400, "bad_top_k", f"top_k must be an integer, got {str(top_k)[:40]!r}"
+                    return "bad_field", f"field '{name}' must be text, not a file"
+                if values and kind is int and not _is_int(values[0]):
+                    return f"bad_{name}", f"{name} must be an integer, got {str(values[0])[:40]!r}"
             return None
         finally:
             await form.close()
@@ -217,15 +213,3 @@ def _as_post_json(scope: dict) -> tuple[dict, Any]:
     headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")]
     headers += [(b"content-type", b"application/json"), (b"content-length", b"2")]
     return {**scope, "method": "POST", "headers": headers}, _replay(b"{}")
-
-
-async def _refuse(send: Any, status: int, code: str, message: str, close: bool = False,
-                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Answers with the error JSON. ``close``: the body was not read to its end, so the connection
-    cannot carry another request."""
-    body = json.dumps({"error": message, "code": code}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -10,7 +10,7 @@ pool or an entry Service), and only ready float32 tensors reach the batch. The m
 numpy/PIL, with no BentoML import, so it is testable without a server and everything it takes
 or raises pickles into and out of a process pool.
 
-The steps follow the model's metadata, as torchvision's and timm's eval transforms do: resize the
+The steps follow the model's card, as torchvision's and timm's eval transforms do: resize the
 shorter side to ``resize`` (bilinear, antialiased), centre-crop to the input size, scale to
 [0, 1], then subtract ``mean`` and divide by ``std`` per channel.
 
@@ -28,10 +28,13 @@ import logging
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from models.card import ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ class DecodeLimits:
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """A model's preprocessing, as read from its metadata."""
+    """A model's preprocessing, as read from its card."""
 
     channel_mode: Literal["L", "RGB"]
     input_size: tuple[int, int]  # (H, W) after the centre crop
@@ -134,36 +137,18 @@ class PreprocessSpec:
         return 1 if self.channel_mode == "L" else 3
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, Any]) -> PreprocessSpec:
-        """Builds the spec from checkpoint/ONNX metadata; a missing ``resize`` means no margin:
-        the shorter side is resized straight to the crop size (as for 28x28 Fashion-MNIST)."""
-        missing = [k for k in ("input_shape", "channel_mode", "mean", "std") if k not in meta]
-        if missing:
-            raise ValueError(f"model metadata lacks {', '.join(missing)}")
-        shape = meta["input_shape"]
-        if not (
-            isinstance(shape, (list, tuple))
-            and len(shape) == 3
-            and all(_is_int(v) and v > 0 for v in shape)
-        ):
-            raise ValueError(f"metadata input_shape must be [C, H, W] of positive integers, got {shape!r}")
-        c, h, w = shape
-        mode = meta["channel_mode"]
-        if mode not in ("L", "RGB"):
-            raise ValueError(f"metadata channel_mode must be 'L' or 'RGB', got {mode!r}")
-        if c != (1 if mode == "L" else 3):
-            raise ValueError(f"metadata input_shape has {c} channel(s) but channel_mode is {mode!r}")
-        resize = meta.get("resize")
-        if resize is None:
-            resize = max(h, w)
-        elif not _is_int(resize):
-            raise ValueError(f"metadata resize must be an integer, got {resize!r}")
+    def from_card(cls, card: ModelCard) -> PreprocessSpec:
+        """The spec of a model card, whose fields are already typed; raises ValueError when they
+        do not fit together (channels, resize, normalisation)."""
+        c, h, w = card.input_shape
+        if c != (1 if card.channel_mode == "L" else 3):
+            raise ValueError(f"model card input_shape has {c} channel(s) but channel_mode is {card.channel_mode!r}")
         return cls(
-            channel_mode=mode,
+            channel_mode=card.channel_mode,
             input_size=(h, w),
-            resize_shorter=resize,
-            mean=_float_list(meta["mean"], "mean"),
-            std=_float_list(meta["std"], "std"),
+            resize_shorter=card.resize,
+            mean=card.mean,
+            std=card.std,
         )
 
 
@@ -452,14 +437,6 @@ def _first(value: Any) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _float_list(values: Any, field: str) -> tuple[float, ...]:
-    if not isinstance(values, (list, tuple)) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-    ):
-        raise ValueError(f"metadata {field} must be a list of numbers, got {values!r}")
-    return tuple(float(v) for v in values)
 
 
 def _mib(n: int) -> str:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# The code given to an error that arrived without one.
-DEFAULT_CODES = {400: "invalid_argument", 404: "not_found", 405: "method_not_allowed", 408: "body_timeout",
-                 413: "too_large", 415: "unsupported_media_type", 422: "invalid_argument",
-                 429: "overloaded", 503: "overloaded"}
+from service.errors import BENTOML_CODES, error_body
+
 MAX_MESSAGE = 500
 
 
@@ -74,5 +72,5 @@ def reshape(status: int, body: bytes) -> bytes:
         message = json.dumps(data)
     else:
         message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
-    code = DEFAULT_CODES.get(status, "client_error" if status < 500 else "server_error")
-    return json.dumps({"error": message[:MAX_MESSAGE], "code": code}).encode()
+    code = BENTOML_CODES.get(status, "client_error" if status < 500 else "server_error")
+    return error_body(code, message[:MAX_MESSAGE])

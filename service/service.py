@@ -9,6 +9,7 @@ Two BentoML Services, as BentoML's "Distributed Services" guide suggests for CPU
   *batchable* API per model, so BentoML's dispatcher forms batches across clients for each model
   separately. Its APIs take ready float32 tensors.
 
+Why two processes: docs/decisions/001-two-processes-api-and-engine.md.
 Configuration: environment variables, all listed in service/config.py.
 """
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,25 +28,21 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from prometheus_client import Counter, Histogram
 
-from service import deadline
+from service import bentoml_compat
 from service.catalog import ModelUnavailable, ServedModel, resolve_models
 from service.config import load_config
-from service.drain import ActivityMiddleware, defer_sigterm, note_sigterm
+from service.deadline import ResponseDeadline
+from service.drain import ActivityMiddleware
 from service.engine import EngineOptions, OnnxEngine
-from service.errors import REJECTION_STATUS, ClientError, overloaded
+from service.errors import ClientError, overloaded
 from service.guard import RequestGuard
 from service.preprocess import DecodeLimits, ImageRejected, PreprocessSpec, preprocess
+from service.schema import CLASSIFY, CLASSIFY_BATCH, MODELS, check_apis
 
 log = logging.getLogger("bentoml.resnet_serving")  # under "bentoml": shown by bentoml serve
-# The engine listens on loopback TCP, not a unix socket. BentoML 1.4.40's arbiter deletes the
-# unix socket's directory the moment SIGTERM arrives, before it stops any worker, so an API
-# worker's in-flight request that needs a new connection to the engine then fails, however long
-# the engine keeps serving (service/drain.py). A TCP listener stays open until the engine has
-# drained. Set here because `bentoml serve` imports this module before it creates the sockets.
-os.environ.setdefault("BENTOML_NO_UDS", "1")
-# Both services' time limit (traffic={"timeout": 60}) through a middleware that does not pin every
-# finished request for 60 s (service/deadline.py); before BentoML builds any app in this process.
-deadline.install()
+# Here because `bentoml serve` imports this module before it creates sockets or builds any app.
+bentoml_compat.listen_on_tcp()
+bentoml_compat.replace_timeout_middleware(ResponseDeadline)
 CONFIG = load_config()
 try:
     # Every process that imports the service (bentoml serve's own, each worker, bentoml build)
@@ -57,11 +53,8 @@ except ModelUnavailable as e:
     # traceback and respawn the worker forever.
     sys.exit(f"error: cannot start the service: {e}")
 BY_NAME = {m.name: m for m in SERVED}
-# Python's cyclic garbage collector, as configured by default, ran a full collection every 1-2 s in
-# each worker under load, each one 140-330 ms long (over 150,000-320,000 objects, freeing none),
-# during which the worker answered nobody: most of the latency tail under overload and the slow
-# requests seconds after it ended. So each worker freezes what it holds once it has started (the
-# modules, the app, the models: never garbage) and collects young objects less often.
+# Full collections over what a worker holds for good (never garbage) were most of the latency tail
+# under load, so each worker freezes it once started (docs/decisions/005-garbage-collector.md).
 GC_THRESHOLDS = (20_000, 10, 10)  # CPython's defaults: (700, 10, 10)
 
 
@@ -87,12 +80,12 @@ class _EngineBase:
     def __init__(self) -> None:
         options = EngineOptions.from_config(CONFIG)
         self.served = {m.name: m for m in SERVED}  # checksums verified at import, in this process
-        # SIGTERM: keep serving until the API workers' in-flight requests are through (service/drain.py).
-        defer_sigterm(CONFIG.drain_quiet_s, CONFIG.drain_max_s)
+        # SIGTERM: keep serving until the API workers' in-flight requests are through.
+        bentoml_compat.defer_sigterm(CONFIG.drain_quiet_s, CONFIG.drain_max_s)
         self.engines: dict[str, OnnxEngine] = {}
         for name, served in self.served.items():
             engine = OnnxEngine(served.onnx_path, options)
-            seconds = engine.warm_up(tuple(served.metadata["input_shape"]))
+            seconds = engine.warm_up(served.card.input_shape)
             log.info("%s (%s, %s) loaded and warmed in %.2fs", served.tag, served.precision, engine.provider, seconds)
             self.engines[name] = engine
         _settle_garbage_collector()
@@ -127,45 +120,23 @@ for _i, _m in enumerate(SERVED):
 Engine = bentoml.service(name="resnet-engine", workers=1, traffic={"timeout": 60})(
     type("Engine", (_EngineBase,), _engine_attrs))
 Engine.add_asgi_middleware(ActivityMiddleware)
-
-
-def _fix_media_types(service: Any) -> None:
-    """BentoML 1.4.40 works out each response's media type from its output's JSON schema, which
-    pydantic builds anew on every response (~6% of the engine's and the API workers' CPU per
-    request under load). Work it out once per API; the value is the same."""
-    for method in service.apis.values():
-        if method.output_spec.media_type is None:
-            method.output_spec.media_type = method.output_spec.mime_type()
-
-
-_fix_media_types(Engine)
+bentoml_compat.cache_media_types(Engine)
 
 
 # ---- Classifier: the HTTP API ------------------------------------------------------------------
-
-def _keep_connections_open(engine: Any) -> None:
-    """BentoML 1.4.40's client to a dependency closes and replaces its aiohttp session every 100
-    requests (or 300 s) even while other requests are still using it, which fails those requests
-    ("Server disconnected", "Cannot write to closing transport") under concurrency. It has no
-    setting for this, so lift both limits on the session managers of this worker's client."""
-    for client in (getattr(engine, "to_async", None), getattr(engine, "to_sync", None)):
-        manager = getattr(client, "_session_manager", None)
-        if manager is not None and hasattr(manager, "max_requests"):
-            manager.max_requests, manager.max_age = 2**62, float("inf")
-
 
 @bentoml.service(name="resnet-classifier", workers=CONFIG.api_workers, traffic={"timeout": 60})
 class Classifier:
     engine = bentoml.depends(Engine)
 
     def __init__(self) -> None:
-        _keep_connections_open(self.engine)
-        self.specs = {m.name: PreprocessSpec.from_metadata(m.metadata) for m in SERVED}
+        bentoml_compat.keep_connections_open(self.engine)
+        self.specs = {m.name: PreprocessSpec.from_card(m.card) for m in SERVED}
         self.limits = DecodeLimits(max_bytes=CONFIG.max_image_bytes, max_pixels=CONFIG.max_pixels)
-        note_sigterm()  # after SIGTERM, responses close their connections (service/drain.py)
+        bentoml_compat.note_sigterm()  # after SIGTERM, responses close their connections
         _settle_garbage_collector()
 
-    @bentoml.api(route="/classify")
+    @bentoml.api(route=CLASSIFY.path)
     async def classify(self, image: Path, model: str | None = None, top_k: int = 5) -> dict[str, Any]:
         """Classifies one image (multipart field ``image``); ``model`` defaults to the first served."""
         try:
@@ -176,30 +147,30 @@ class Classifier:
         except ClientError as e:
             return e.response()
 
-    @bentoml.api(route="/classify_batch")
+    @bentoml.api(route=CLASSIFY_BATCH.path)
     async def classify_batch(self, images: list[Path], model: str | None = None, top_k: int = 5) -> dict[str, Any]:
         """Classifies several images (multipart field ``images``, repeated): one result per image, in order."""
         try:
             served, k = self._check(model, top_k)
             if not images:
-                raise ClientError(400, "no_images", "field 'images' holds no file")
+                raise ClientError("no_images", "field 'images' holds no file")
             if len(images) > CONFIG.max_batch_images:
-                raise ClientError(413, "too_many_images",
+                raise ClientError("too_many_images",
                                   f"{len(images)} images; at most {CONFIG.max_batch_images} per request")
             tensors = []
             for i, path in enumerate(images):
                 try:
                     tensors.append(await self._preprocess(served, path))
                 except ClientError as e:
-                    raise ClientError(e.status, e.code, f"image {i}: {e.message}") from None
+                    raise ClientError(e.code, f"image {i}: {e.message}") from None
             logits = await self._infer(served, np.stack(tensors))
             results = [self._result(served, row, k) for row in logits]
-            return {"model": served.name, "trained": served.metadata["trained"],
+            return {"model": served.name, "trained": served.card.trained,
                     "results": [{"predictions": r["predictions"]} for r in results]}
         except ClientError as e:
             return e.response()
 
-    @bentoml.api(route="/models")
+    @bentoml.api(route=MODELS.path)
     async def models(self) -> dict[str, Any]:
         """Every served model: depth, dataset, classes, input size, precision, provider, accuracy, batching."""
         return await self._describe()
@@ -208,13 +179,13 @@ class Classifier:
         runtime = await self.engine.to_async.describe()
         out = []
         for m in SERVED:
-            meta = m.metadata
+            card = m.card
             out.append({
-                "name": m.name, "tag": m.tag, "model": meta["model"], "depth": meta["depth"],
-                "dataset": meta["dataset"], "num_classes": meta["num_classes"], "class_names": meta["class_names"],
-                "input_shape": meta["input_shape"], "channel_mode": meta["channel_mode"],
+                "name": m.name, "tag": m.tag, "model": card.model, "depth": card.depth,
+                "dataset": card.dataset, "num_classes": card.num_classes, "class_names": list(card.class_names),
+                "input_shape": list(card.input_shape), "channel_mode": card.channel_mode,
                 "precision": m.precision, "provider": runtime[m.name]["provider"],
-                "trained": meta["trained"], "test_accuracy": meta.get("test_accuracy"),
+                "trained": card.trained, "test_accuracy": card.test_accuracy,
                 "default": m.name == CONFIG.default_model,
                 "batching": {"enabled": CONFIG.batching, "max_batch_size": CONFIG.max_batch_size,
                              "max_latency_ms": CONFIG.max_latency_ms},
@@ -227,22 +198,22 @@ class Classifier:
         served = BY_NAME.get(name)
         if served is None:
             shown = name if len(name) <= 64 else name[:64] + "..."
-            raise ClientError(404, "unknown_model", f"unknown model {shown!r}; served: {', '.join(BY_NAME)}")
-        limit = min(CONFIG.max_top_k, served.metadata["num_classes"])
+            raise ClientError("unknown_model", f"unknown model {shown!r}; served: {', '.join(BY_NAME)}")
+        limit = min(CONFIG.max_top_k, served.card.num_classes)
         if not 1 <= top_k <= limit:
-            raise ClientError(400, "bad_top_k", f"top_k must be between 1 and {limit}, got {top_k}")
+            raise ClientError("bad_top_k", f"top_k must be between 1 and {limit}, got {top_k}")
         return served, top_k
 
     async def _preprocess(self, served: ServedModel, path: Path) -> np.ndarray:
         size = path.stat().st_size
         if size > CONFIG.max_image_bytes:  # refuse before reading it into memory
-            raise ClientError(413, "too_large", f"image is {size} bytes; the limit is {CONFIG.max_image_bytes}")
+            raise ClientError("too_large", f"image is {size} bytes; the limit is {CONFIG.max_image_bytes}")
         t0 = time.perf_counter()
         try:
             # In a thread: decoding must not block this worker's event loop (other clients' requests).
             x = await asyncio.to_thread(lambda: preprocess(path.read_bytes(), self.specs[served.name], self.limits))
         except ImageRejected as e:
-            raise ClientError(REJECTION_STATUS.get(e.code, 400), e.code, e.message) from None
+            raise ClientError(e.code, e.message) from None
         PREPROCESS_SECONDS.labels(served.name).observe(time.perf_counter() - t0)
         return x
 
@@ -271,32 +242,26 @@ class Classifier:
         z = logits.astype(np.float64) - logits.max()
         probs = np.exp(z) / np.exp(z).sum()
         order = np.argsort(-probs, kind="stable")[:k]
-        names = served.metadata["class_names"]
-        return {"model": served.name, "trained": served.metadata["trained"],
+        names = served.card.class_names
+        return {"model": served.name, "trained": served.card.trained,
                 "predictions": [{"label": names[i], "class_index": int(i), "probability": float(probs[i])}
                                 for i in order]}
 
 
-_fix_media_types(Classifier)
+check_apis(Classifier)  # every API's fields as service/schema.py declares them, which the guard checks
+bentoml_compat.cache_media_types(Classifier)
 REFUSED = Counter("resnet_refused", "Requests the API refused before BentoML parsed them", ["status", "code"])
 
 
-class _GuardedService(type(Classifier)):  # type: ignore[misc]
-    """The Classifier with RequestGuard outside BentoML's own middleware (tracing, metrics, access
-    log, timeout), not inside it as ``add_asgi_middleware`` would put it: under 4x overload on 2 cores
-    most requests are refused, and each refusal paid for that stack, so the API workers spent their
-    CPU refusing and every request, accepted or not, waited longer (python -m service.overload_bench).
-    Refusals are counted in ``resnet_refused_total`` instead of BentoML's request metrics."""
-
-    __slots__ = ()  # BentoML's Service is an attrs class with slots: same layout, one method more
-
-    def to_asgi(self, *args: Any, **kwargs: Any) -> Any:
-        return RequestGuard(super().to_asgi(*args, **kwargs), max_body_bytes=CONFIG.max_body_bytes,
-                            max_files=CONFIG.max_batch_images, max_inflight=CONFIG.max_inflight,
-                            admit_target_s=CONFIG.admit_target_ms / 1000, admit_wait_s=CONFIG.admit_wait_ms / 1000,
-                            retry_after_s=CONFIG.retry_after_s,
-                            body_timeout_s=CONFIG.body_timeout_s,
-                            on_refuse=lambda status, code: REFUSED.labels(str(status), code).inc())
+def _guarded(app: Any) -> RequestGuard:
+    """The Classifier's app behind RequestGuard, which counts its refusals in ``resnet_refused_total``
+    (they never reach BentoML's request metrics)."""
+    return RequestGuard(app, max_body_bytes=CONFIG.max_body_bytes,
+                        max_files=CONFIG.max_batch_images, max_inflight=CONFIG.max_inflight,
+                        admit_target_s=CONFIG.admit_target_ms / 1000, admit_wait_s=CONFIG.admit_wait_ms / 1000,
+                        retry_after_s=CONFIG.retry_after_s,
+                        body_timeout_s=CONFIG.body_timeout_s,
+                        on_refuse=lambda status, code: REFUSED.labels(str(status), code).inc())
 
 
-Classifier.__class__ = _GuardedService
+bentoml_compat.guard_outside_middleware(Classifier, _guarded)

@@ -1,4 +1,4 @@
-"""python -m export: verified ONNX in three precisions, metadata inside and beside, the store."""
+"""python -m export: verified ONNX in three precisions, the model card inside and beside, the store."""
 import json
 import os
 import stat
@@ -13,6 +13,7 @@ from export.__main__ import main as export_main
 from export.onnx_io import INPUT_NAME, cpu_session, op_counts, read_embedded_metadata
 from export.pipeline import ExportConfig, export_model
 from export.store import find_registered
+from models.card import ModelCard
 from models.data import load_fashion_mnist
 from models.evaluate import to_input
 
@@ -33,6 +34,7 @@ def test_files_and_metadata(resnet20_export):
         beside = json.loads(path.with_suffix(".json").read_text())
         inside = read_embedded_metadata(path)
         assert {k: v for k, v in beside.items() if k != "onnx_sha256"} == inside
+        assert ModelCard.from_dict(beside) == result.cards[precision]
         assert inside["precision"] == precision and inside["name"] == "resnet20-fmnist"
         assert inside["depth"] == 20 and inside["trained"] is True and inside["test_accuracy"] == 94.55
         assert inside["class_names"][9] == "Ankle boot" and inside["input_shape"] == [1, 28, 28]
@@ -71,7 +73,7 @@ def test_onnx_equals_pytorch_on_real_images(resnet20_export, default_checkpoint)
 
 def test_verification_figures_recorded(resnet20_export):
     _, result = resnet20_export
-    fp32, fp16, int8 = (result.metadata[p]["verification"] for p in ("fp32", "fp16", "int8"))
+    fp32, fp16, int8 = (result.cards[p].verification for p in ("fp32", "fp16", "int8"))
     assert fp32["rel_error_random"] <= 1e-5 and fp32["rel_error_real"] <= 1e-5
     assert fp16["rel_error_real"] <= 5e-3
     assert int8["top1_agreement"] >= 99.0 and int8["calibration_images"] >= 512
@@ -88,7 +90,7 @@ def test_registered_in_store(resnet20_export):
     assert os.environ["BENTOML_HOME"] in stored.path
     for p in ("fp32", "fp16", "int8"):
         assert os.path.isfile(stored.path_of(f"model.{p}.onnx"))
-    sha = result.metadata["fp32"]["source"]["sha256"]
+    sha = result.cards["fp32"].provenance.sha256
     assert find_registered("resnet20-fmnist", sha, ["fp32", "int8"]) is not None
     assert find_registered("resnet20-fmnist", "0" * 64, ["fp32"]) is None
 
@@ -121,10 +123,10 @@ def test_torchvision_state_dict_loads_and_exports(tmp_path):
     torch.save(state, weights)
     result = export_model(ExportConfig(model="resnet18", torchvision_weights=weights, out=tmp_path / "o",
                                        verify_random=2, verify_real=2))
-    meta = result.metadata["fp32"]
-    assert meta["name"] == "resnet18-imagenet" and meta["trained"] is True and meta["num_classes"] == 1000
-    assert meta["class_names"][0] == "tench" and meta["resize"] == 256 and meta["channel_mode"] == "RGB"
-    assert meta["source"]["kind"] == "torchvision-weights" and meta["folding"]["convs_after"] == 20
+    card = result.cards["fp32"]
+    assert card.name == "resnet18-imagenet" and card.trained is True and card.num_classes == 1000
+    assert card.class_names[0] == "tench" and card.resize == 256 and card.channel_mode == "RGB"
+    assert card.provenance.kind == "torchvision-weights" and card.folding["convs_after"] == 20
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -183,7 +185,7 @@ def test_default_model_is_idempotent(default_checkpoint, caplog):
 
 def test_merged_projections_export_verifies(tmp_path, default_checkpoint):
     result = export_model(ExportConfig(checkpoint=default_checkpoint, out=tmp_path, merge_projections=True))
-    meta = result.metadata["fp32"]
-    assert meta["folding"]["convs_after"] == 19 and meta["folding"]["merged_projections"] == 2
-    assert meta["verification"]["rel_error_real"] <= 1e-5
+    card = result.cards["fp32"]
+    assert card.folding["convs_after"] == 19 and card.folding["merged_projections"] == 2
+    assert card.verification["rel_error_real"] <= 1e-5
     assert op_counts(result.files["fp32"])["Conv"] == 19

@@ -12,8 +12,8 @@ import pytest
 from loadtests.corpus import build_corpus, check_answer, load_corpus, multipart_body
 from loadtests.locust_run import LocustLoad, read_stats_csv, run_locust
 from loadtests.sweep import open_rate, parse_duration
-from loadtests.sweep_models import served_name
-from models.errors import UserError
+from loadtests.sweep_models import resolve_served_name
+from common.errors import UserError
 
 GOOD = {"model": "resnet20-fmnist", "trained": True,
         "predictions": [{"label": "Bag", "class_index": 8, "probability": 0.9},
@@ -74,11 +74,11 @@ def test_open_rate_relative_and_absolute():
 
 
 def test_served_names():
-    assert served_name("resnet50") == "resnet50-imagenet"
-    assert served_name("plain56") == "plain56-fmnist"
-    assert served_name("resnet20-fmnist") == "resnet20-fmnist"
+    assert resolve_served_name("resnet50") == "resnet50-imagenet"
+    assert resolve_served_name("plain56") == "plain56-fmnist"
+    assert resolve_served_name("resnet20-fmnist") == "resnet20-fmnist"
     with pytest.raises(UserError, match="valid names"):
-        served_name("resnet51")
+        resolve_served_name("resnet51")
 
 
 class _WrongAnswers(BaseHTTPRequestHandler):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from models.data import FASHION_MNIST_CLASSES, FMNIST_DIR_ENV, channel_stats, load_fashion_mnist, read_idx
-from models.errors import UserError
+from common.errors import UserError
 
 
 @pytest.mark.parametrize("split,count", [("train", 60000), ("test", 10000)])

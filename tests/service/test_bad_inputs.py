@@ -1,4 +1,4 @@
-"""The hostile-request corpus (loadtests/hostile.py) through the ASGI app: every broken or hostile
+"""The hostile-request corpus (bench/reliability/hostile.py) through the ASGI app: every broken or hostile
 request gets its documented 4xx as ``{"error", "code"}`` JSON, and the service keeps classifying.
 The same corpus goes to a real ``bentoml serve`` beside good traffic in test_faults.py."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loadtests.hostile import MULTIPART, Limits, good_png, hostile_requests, image_form
+from bench.reliability.hostile import MULTIPART, Limits, good_png, hostile_requests, image_form
 from models.data import FASHION_MNIST_CLASSES
 from service.config import load_config
 from service.responses import ErrorShaper, reshape

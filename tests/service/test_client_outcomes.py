@@ -1,4 +1,4 @@
-"""The reliability tests count truncated answers and requests not taken (loadtests/aio_http.py):
+"""The reliability tests count truncated answers and requests not taken (bench/aio_http.py):
 here a throwaway server misbehaves on purpose, so those counts are shown to be able to be non-zero."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from loadtests.aio_http import NO_RESPONSE, REFUSED, TRUNCATED, build_request, send_one
+from bench.aio_http import NO_RESPONSE, REFUSED, TRUNCATED, build_request, send_one
 from loadtests.http_load import free_port
 
 

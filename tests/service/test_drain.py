@@ -1,14 +1,13 @@
-"""Shutdown helpers of service/drain.py, without a server: the SIGTERM wrappers and the
-``Connection: close`` that API workers add to responses once SIGTERM has come."""
+"""Shutdown helpers of service/drain.py, without a server: the engine's wait until idle and the
+``Connection: close`` that API workers add to responses once SIGTERM has come (the SIGTERM
+handlers themselves: test_bentoml_compat.py)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
+import time
 
-import pytest
-
-from service.drain import close_when_shutting_down, note_sigterm
+from service.drain import Activity, close_when_shutting_down, wait_until_idle
 
 
 def run_send(event: threading.Event, message: dict) -> list[dict]:
@@ -39,26 +38,10 @@ def test_responses_begun_after_sigterm_close_the_connection():
     assert run_send(event, body) == [body]  # only the start of a response carries headers
 
 
-@pytest.fixture
-def sigterm_handler():
-    previous = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, previous)
-
-
-def test_note_sigterm_sets_the_flag_and_still_calls_the_server_handler(sigterm_handler, monkeypatch):
-    import service.drain as drain
-
-    flag = threading.Event()
-    monkeypatch.setattr(drain, "SHUTTING_DOWN", flag)
-    calls = []
-    signal.signal(signal.SIGTERM, lambda sig, frame: calls.append(sig))
-    assert note_sigterm()
-    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
-    assert flag.is_set() and calls == [signal.SIGTERM]
-
-
-def test_note_sigterm_changes_nothing_without_a_server_handler(sigterm_handler):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    assert not note_sigterm()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+def test_wait_until_idle_returns_once_quiet_or_at_the_limit():
+    idle = Activity()
+    idle.last = time.monotonic() - 1.0
+    assert wait_until_idle(idle, quiet_s=0.5, max_s=10) < 0.5  # quiet already
+    busy = Activity()
+    busy.inflight = 1
+    assert 0.2 <= wait_until_idle(busy, quiet_s=0.05, max_s=0.2) < 2  # never quiet: the limit

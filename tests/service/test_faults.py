@@ -1,6 +1,6 @@
-"""Faults against the real ``bentoml serve`` (service/faults.py): the hostile corpus beside good
+"""Faults against the real ``bentoml serve`` (bench/reliability/scenarios.py): the hostile corpus beside good
 traffic, stalled uploads, overload shedding, SIGTERM under load, fuzzing over HTTP. Nothing here
-times anything: the benchmarks (service.overload_bench, service.soak_bench, service.fault_bench)
+times anything: the benchmarks (bench.reliability.overload, bench.reliability.soak, bench.reliability.faults)
 do, and write the figures to reports/reliability."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from loadtests.aio_http import closed_loop
-from service.faults import alone, hostile_beside_good, sigterm_under_load, slow_uploads
-from service.fuzz import fuzz_url
-from service.reliability_common import classification_ok, good_requests
+from bench.aio_http import closed_loop
+from bench.reliability.scenarios import alone, hostile_beside_good, sigterm_under_load, slow_uploads
+from bench.reliability.fuzz import fuzz_url
+from bench.reliability.common import classification_ok, good_requests
 from tests.service.conftest import start_server
 from tests.service.test_bad_inputs import CORPUS
 
@@ -55,7 +55,7 @@ def test_stalled_uploads_are_cut_off_and_others_still_served(server, good):
 
 
 def test_fuzz_finds_no_server_error(server):
-    """The short schemathesis run (``python -m service.fuzz`` is the long one): requests generated
+    """The short schemathesis run (``python -m bench.reliability.fuzz`` is the long one): requests generated
     from /docs.json, fitting it and not, to every operation of the real server."""
     result = fuzz_url(server.url, examples=FUZZ_EXAMPLES)
     assert result["server_errors"] == 0, result["server_error_examples"][:3]

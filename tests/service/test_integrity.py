@@ -1,22 +1,21 @@
-"""Model integrity: each model file's sha256 is checked against its metadata before it is loaded; a
+"""Model integrity: each model file's sha256 is checked against its model card before it is loaded; a
 corrupt, missing or absent model stops ``bentoml serve`` with one line naming it, not a traceback
 (BentoML would otherwise log it and respawn the worker forever)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from models.files import sha256_file
+from common.files import sha256_file
 from service.catalog import ModelUnavailable, verify_checksum
-from service.faults import start_with_broken_model
+from bench.reliability.scenarios import start_with_broken_model
 
 
-def _model_file(tmp_path: Path, data: bytes) -> tuple[Path, dict]:
+def _model_file(tmp_path: Path, data: bytes) -> tuple[Path, str]:
     path = tmp_path / "model.fp32.onnx"
     path.write_bytes(data)
-    return path, {"onnx_sha256": sha256_file(path)}
+    return path, sha256_file(path)
 
 
 def test_an_intact_file_passes(tmp_path):
@@ -24,17 +23,17 @@ def test_an_intact_file_passes(tmp_path):
 
 
 def test_one_changed_byte_is_refused_naming_the_file(tmp_path):
-    path, meta = _model_file(tmp_path, b"onnx bytes")
+    path, sha256 = _model_file(tmp_path, b"onnx bytes")
     path.write_bytes(b"onnx bytez")
     with pytest.raises(ModelUnavailable, match=r"m:1: .*model\.fp32\.onnx is corrupt: sha256 .* does not match"):
-        verify_checksum("m:1", path, meta)
+        verify_checksum("m:1", path, sha256)
 
 
-@pytest.mark.parametrize("meta", [{}, {"onnx_sha256": None}, {"onnx_sha256": "abc"}])
-def test_a_file_without_a_recorded_sha256_is_refused(tmp_path, meta):
+@pytest.mark.parametrize("recorded", [None, "abc"])
+def test_a_file_without_a_recorded_sha256_is_refused(tmp_path, recorded):
     path, _ = _model_file(tmp_path, b"onnx bytes")
     with pytest.raises(ModelUnavailable, match="records no onnx_sha256"):
-        verify_checksum("m:1", path, meta)
+        verify_checksum("m:1", path, recorded)
 
 
 @pytest.mark.server
@@ -53,8 +52,7 @@ def test_serve_stops_with_one_line(default_model_tag, service_module, tmp_path, 
     assert result["line_count"] <= 3, result["lines"]  # the line, not a log of retries
 
 
-def test_the_served_metadata_records_the_sha256(service_module):
+def test_the_served_card_records_the_sha256(service_module):
     """The store's models carry what the check needs (the export writes it)."""
     for served in service_module.SERVED:
-        meta = json.loads(served.onnx_path.with_suffix(".json").read_text())
-        assert meta["onnx_sha256"] == sha256_file(served.onnx_path)
+        assert served.card.onnx_sha256 == sha256_file(served.onnx_path)

@@ -1,10 +1,10 @@
-"""How service.overload_bench decides when the service recovered, on made-up outcomes (no server)."""
+"""How bench.reliability.overload decides when the service recovered, on made-up outcomes (no server)."""
 from __future__ import annotations
 
 import json
 
-from loadtests.aio_http import Outcome
-from service.overload_bench import last_slow_answer_s, recovery_seconds
+from bench.aio_http import Outcome
+from bench.reliability.overload import last_slow_answer_s, recovery_seconds
 
 GOOD_BODY = json.dumps({"model": "m", "trained": True,
                         "predictions": [{"label": "a", "class_index": 0, "probability": 0.9}]}).encode()

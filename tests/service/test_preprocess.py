@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from models.card import ModelCard
 from service.preprocess import (
     DecodeLimits,
     ImageRejected,
@@ -24,21 +25,30 @@ from service.preprocess import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGENET_META = {
+# A model card's fields that preprocessing does not read.
+OTHER_FIELDS = {
+    "name": "m-test", "model": "m", "family": "test", "depth": 1, "residual": True, "dataset": "test",
+    "num_classes": 2, "class_names": ["a", "b"], "trained": False, "test_accuracy": None,
+    "source": {"kind": "deterministic-init", "seed": 0, "sha256": None},
+}
+IMAGENET_CARD = {
+    **OTHER_FIELDS,
     "input_shape": [3, 224, 224],
+    "resize": 256,
     "channel_mode": "RGB",
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
-    "resize": 256,
 }
-FMNIST_META = {
+FMNIST_CARD = {
+    **OTHER_FIELDS,
     "input_shape": [1, 28, 28],
+    "resize": 28,
     "channel_mode": "L",
     "mean": [0.2860405969887955],
     "std": [0.35302424451492254],
 }
-IMAGENET = PreprocessSpec.from_metadata(IMAGENET_META)
-FMNIST = PreprocessSpec.from_metadata(FMNIST_META)
+IMAGENET = PreprocessSpec.from_card(ModelCard.from_dict(IMAGENET_CARD))
+FMNIST = PreprocessSpec.from_card(ModelCard.from_dict(FMNIST_CARD))
 LIMITS = DecodeLimits()
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -111,14 +121,16 @@ def test_spec_from_imagenet_metadata():
     assert IMAGENET.channels == 3
 
 
-def test_spec_without_resize_resizes_straight_to_the_crop():
+def test_fmnist_spec_resizes_straight_to_the_crop():
     assert FMNIST.resize_shorter == 28 and FMNIST.input_size == (28, 28) and FMNIST.channels == 1
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("models/checkpoints/*/metadata.json")), ids=lambda p: p.parent.name)
 def test_spec_from_every_checkpoint(path: Path):
+    from export.sources import checkpoint_card  # torch: only for this test
+
     meta = json.loads(path.read_text())
-    spec = PreprocessSpec.from_metadata(meta)
+    spec = PreprocessSpec.from_card(checkpoint_card(meta, path.parent))
     tensor = preprocess(encode(Image.new("RGB", (50, 40), RED), "PNG"), spec, LIMITS)
     assert tensor.shape == tuple(meta["input_shape"])
 
@@ -126,7 +138,7 @@ def test_spec_from_every_checkpoint(path: Path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"mean": None}, "lacks mean"),
+        ({"mean": None}, "lacks field 'mean'"),
         ({"input_shape": [224, 224]}, r"\[C, H, W\]"),
         ({"input_shape": [3, 0, 224]}, r"\[C, H, W\]"),
         ({"input_shape": [1, 224, 224]}, "1 channel"),
@@ -135,14 +147,13 @@ def test_spec_from_every_checkpoint(path: Path):
         ({"std": [0.2, 0.0, 0.2]}, "std must be positive"),
         ({"std": "0.2"}, "list of numbers"),
         ({"resize": 200}, "no smaller than"),
-        ({"resize": "256"}, "resize must be an integer"),
+        ({"resize": "256"}, "'resize' must be a positive integer"),
     ],
 )
-def test_spec_rejects_bad_metadata(change: dict, message: str):
-    meta = {**IMAGENET_META, **change}
-    meta = {k: v for k, v in meta.items() if v is not None}
+def test_spec_rejects_bad_cards(change: dict, message: str):
+    card = {k: v for k, v in {**IMAGENET_CARD, **change}.items() if change.get(k, "kept") is not None}
     with pytest.raises(ValueError, match=message):
-        PreprocessSpec.from_metadata(meta)
+        PreprocessSpec.from_card(ModelCard.from_dict(card))
 
 
 @pytest.mark.parametrize("kwargs", [{"max_bytes": 0}, {"max_pixels": -1}, {"max_pixels": 1.5}])

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from models.card import ModelCard
 from service.engine import EngineOptions, OnnxEngine
 from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
 from tests.service.conftest import REPO_ROOT, bad_uploads, encode, start_server
@@ -44,8 +45,8 @@ def test_http_accuracy_equals_offline_accuracy(server, fmnist_test, default_mode
 
     # Offline: the same ONNX file and the same preprocessing of the same bytes, one image at a time.
     stored = bentoml.models.get(default_model_tag)
-    meta = __import__("json").loads(Path(stored.path_of("model.fp32.json")).read_text())
-    spec, limits = PreprocessSpec.from_metadata(meta), DecodeLimits()
+    card = ModelCard.from_json(Path(stored.path_of("model.fp32.json")).read_text())
+    spec, limits = PreprocessSpec.from_card(card), DecodeLimits()
     engine = OnnxEngine(Path(stored.path_of("model.fp32.onnx")), EngineOptions(device="cpu", threads=1))
     offline = np.array([engine.infer(preprocess(b, spec, limits)[None])[0].argmax() for b in uploads])
     accuracy_http = (served == labels[:n]).mean()

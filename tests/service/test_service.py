@@ -84,24 +84,6 @@ def test_health_and_openapi(client):  # /metrics needs the real server: tests/se
     assert {"/classify", "/classify_batch", "/models"} <= set(spec["paths"])
 
 
-def test_the_app_keeps_its_time_limit_through_response_deadline(client):
-    """service.deadline replaced BentoML's TimeoutMiddleware in the app BentoML built (one that
-    pinned every finished request for the whole 60 s)."""
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware as bentoml_timeout
-
-    from service.deadline import ResponseDeadline
-
-    layers, app = [], client.app
-    for _ in range(40):  # RequestGuard -> BentoML's app -> its middleware stack, one .app inward at a time
-        layers.append(app)
-        app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
-        if app is None:
-            break
-    deadlines = [layer for layer in layers if isinstance(layer, ResponseDeadline)]
-    assert len(deadlines) == 1 and deadlines[0].timeout == 60
-    assert bentoml_timeout is ResponseDeadline  # the name BentoML looks up when it builds an app
-
-
 @pytest.mark.parametrize("name", list(bad_uploads()))
 def test_bad_images_get_their_4xx(client, name):
     data, status = bad_uploads()[name]

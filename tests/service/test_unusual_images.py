@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loadtests.hostile import MULTIPART, image_form
+from bench.reliability.hostile import MULTIPART, image_form
 
 N_CLASSES = 10
 EXACT = 1e-6  # float32 softmax of identical tensors: identical, up to print rounding

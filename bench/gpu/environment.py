@@ -1,0 +1,144 @@
+"""The engine benchmark's surroundings: the machine and its card, CUDA's presence, the exports."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import torch
+
+from common.errors import UserError
+from models.card import ModelCard, served_name
+
+log = logging.getLogger(__name__)
+PRECISIONS = ["fp32", "fp16"]
+# Relative cost of one model's cells, for sharing a time budget: ~GMACs per 224x224 image + a fixed part.
+MODEL_WEIGHT = {"resnet18": 3.8, "resnet34": 5.6, "resnet50": 6.1, "resnet101": 9.8, "resnet152": 13.5}
+
+
+def check_models(names: Sequence[str]) -> None:
+    """Fails at once on a name that is not an ImageNet ResNet (this benchmark is 224x224 only)."""
+    from models.registry import get_spec
+
+    if not names:
+        raise UserError("no model to benchmark")
+    for name in names:
+        if get_spec(name).family != "imagenet":  # unknown name: one line listing the valid ones
+            raise UserError(f"{name}: the engine benchmark takes ImageNet ResNets (resnet18 ... resnet152)")
+
+
+def cuda_missing_reason() -> str | None:
+    """Why onnxruntime cannot use CUDA here, or None when it can (the same test as the service's)."""
+    from service.engine import CUDA, cuda_usable
+
+    if cuda_usable():
+        return None
+    if CUDA not in ort.get_available_providers():
+        return f"this onnxruntime build lists {ort.get_available_providers()}"
+    return "no /dev/nvidia* device"
+
+
+def _nvidia_smi() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    return out.stdout.strip()
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, card (nvidia-smi and PyTorch's name for it), library versions."""
+    from bench.export_latency.measure import machine_info as cpu_info
+
+    info = cpu_info()
+    smi = _nvidia_smi()
+    cuda = torch.cuda.is_available()
+    info.update(
+        nvidia_smi=smi, torch_cuda=cuda, torch_device_name=torch.cuda.get_device_name(0) if cuda else None,
+        card=(smi.split(",")[0].strip() if smi else None) or (torch.cuda.get_device_name(0) if cuda else None),
+        ort_providers=ort.get_available_providers(), ort_device=ort.get_device(),
+    )
+    info["versions"].update(torch_cuda=torch.version.cuda,
+                            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
+    return info
+
+
+def export_models(names: Sequence[str], onnx_dir: Path, register: bool,
+                  workers: int | None = None) -> dict[str, dict[str, Any]]:
+    """fp32 + fp16 ONNX of each model through ``export.pipeline`` (reusing verified files already in
+    ``onnx_dir``), registered in the BentoML store when ``register``; a failure is recorded per model.
+    Several models export side by side in ``workers`` processes (default: one per 3 cores): the
+    exporter is mostly single-threaded Python, so on 16 cores this divides the wall time."""
+    names = list(dict.fromkeys(names))
+    workers = min(len(names), workers or max(1, (os.cpu_count() or 1) // 3))
+    if workers <= 1:
+        return {name: export_one(name, onnx_dir, register) for name in names}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn, not fork: the parent may already hold a CUDA context
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(export_one, name, onnx_dir, register, threads) for name in names}
+        exports = {}
+        for name, future in futures.items():
+            try:
+                exports[name] = future.result()
+            except Exception as e:  # noqa: BLE001 - a worker that died: recorded like any failure
+                exports[name] = {"status": f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            log.info("%s: %s", name, exports[name].get("how") or exports[name]["status"])
+    return exports
+
+
+def export_one(name: str, onnx_dir: Path, register: bool, threads: int | None = None) -> dict[str, Any]:
+    """One model's exports (or the reason there are none), as ``export_models`` records them."""
+    from export.pipeline import ExportConfig, export_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    files = {p: onnx_dir / f"{served_name(name, 'imagenet')}.{p}.onnx" for p in PRECISIONS}
+    try:
+        cards = _reusable(name, files)
+        if cards is None:
+            result = export_model(ExportConfig(model=name, precisions=list(PRECISIONS), out=onnx_dir,
+                                               register=register))
+            files, cards, tag, how = result.files, result.cards, result.tag, "exported"
+        else:
+            tag, how = (_register_existing(files, cards) if register else None), "reused"
+    except Exception as e:  # noqa: BLE001 - the other models still run
+        log.error("%s: export failed: %s", name, e)
+        return {"status": f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    return {
+        "status": "ok", "how": how, "tag": tag, "seconds": round(time.perf_counter() - t0, 1),
+        "files": {p: str(f) for p, f in files.items()},
+        "verification": {p: {k: cards[p].verification.get(k) for k in ("rel_error_random", "rel_error_real",
+                                                                         "tolerance")} for p in PRECISIONS},
+    }
+
+
+def _reusable(name: str, files: dict[str, Path]) -> dict[str, ModelCard] | None:
+    """The files' cards when both precisions of this untrained model are already there."""
+    if not all(f.is_file() and f.with_suffix(".json").is_file() for f in files.values()):
+        return None
+    try:
+        cards = {p: ModelCard.from_json(f.with_suffix(".json").read_text()) for p, f in files.items()}
+    except ValueError:  # damaged or older files: export again
+        return None
+    ok = all(c.model == name and c.trained is False and c.input_shape == (3, 224, 224) and c.precision == p
+             and c.verification is not None for p, c in cards.items())
+    return cards if ok else None
+
+
+def _register_existing(files: dict[str, Path], cards: dict[str, ModelCard]) -> str:
+    from export.store import find_registered, register
+
+    first = cards[PRECISIONS[0]]
+    return find_registered(first.name, first.provenance.sha256, sorted(PRECISIONS)) or register(files, first)
