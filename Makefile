@@ -17,9 +17,9 @@ PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: bootstrap venv dataset default-model serve test sweep sweep-fmnist reliability faults overload soak fuzz-long clean
+.PHONY: bootstrap venv dataset browser default-model serve test sweep sweep-fmnist reliability faults overload soak fuzz-long clean
 
-bootstrap: venv dataset
+bootstrap: venv dataset browser
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,14 @@ dataset: $(FMNIST_STAMP)
 $(FMNIST_STAMP):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# Debian's Chromium, for the page's browser test (Playwright drives it; it downloads no browser).
+CHROMIUM ?= /usr/bin/chromium
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 default-model: bootstrap
 	$(PY) -m export.default_model

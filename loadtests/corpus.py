@@ -9,6 +9,9 @@ Two kinds, chosen by the served model's dataset:
   and decode cost are like a camera's rather than a flat test card's). Nothing is downloaded.
 
     python -m loadtests.corpus --kind photo --count 64 --out /tmp/corpus-photo
+
+The locustfile, given no ``--corpus``, uses ``cached_corpus``: one written on first use under
+``$XDG_CACHE_HOME/resnet-serving`` (``~/.cache/resnet-serving``).
 """
 from __future__ import annotations
 
@@ -16,6 +19,9 @@ import argparse
 import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -84,6 +90,22 @@ def build_corpus(out: Path, kind: str, count: int, seed: int = 0,
     log.info("corpus %s: %d images, %.1f kB mean, in %s", kind, len(items),
              np.mean([i.bytes for i in items]) / 1e3, out)
     return items
+
+
+def cached_corpus(kind: str, count: int = 64) -> Path:
+    """The folder of a corpus of ``kind`` in the user's cache, built on first use. Built beside it and
+    renamed into place, since the processes of one Locust run (``--processes``) may race to build it."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = cache / "resnet-serving" / f"corpus-{kind}-{count}"
+    if not (folder / MANIFEST).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        build_corpus(staged, kind, count)
+        try:
+            staged.rename(folder)
+        except OSError:  # another process renamed its copy first
+            shutil.rmtree(staged, ignore_errors=True)
+    return folder
 
 
 def _write(out: Path, stem: str, img: Image.Image, fmt: str, label: int | None) -> CorpusImage:

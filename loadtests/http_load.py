@@ -142,6 +142,18 @@ class ServeProcess:
                 self.proc.wait()
         self._log.close()
 
+    def __enter__(self) -> ServeProcess:
+        """Ready to serve (stopped again if it never gets there); ``stop`` on leaving."""
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
 
 def scrape(server: ServeProcess, model: str) -> dict[str, float]:
     """``_sum`` and ``_count`` of each of METRICS for ``model``, as the entry's /metrics shows them."""

@@ -1,4 +1,5 @@
-"""One headless Locust run of ``loadtests/locustfile.py`` in a subprocess, and its CSV statistics.
+"""One headless Locust run of ``loadtests/locustfile.py`` in a subprocess: its CSV statistics with
+exact latencies (``loadtests/latencies.py``) in place of Locust's rounded ones, and its HTML report.
 
 Locust runs in its own process(es): it monkey-patches the standard library with gevent on import,
 which must not happen inside the sweep, whose threads start and probe the service.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import UserError
+from loadtests import latencies
 
 log = logging.getLogger(__name__)
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -43,7 +45,8 @@ def locust_command(host: str, model: str, corpus: Path, load: LocustLoad, csv_pr
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "locust"]
     cmd += ["-f", str(LOCUSTFILE), "--headless", "--host", host,
             "-u", str(load.users), "-r", str(load.users), "-t", f"{max(1, round(load.seconds))}s",
-            "--stop-timeout", "30", "--csv", str(csv_prefix), "--only-summary", "--loglevel", "WARNING",
+            "--stop-timeout", "30", "--csv", str(csv_prefix), "--html", f"{csv_prefix}.html",
+            "--latency-file", f"{csv_prefix}_latencies.json", "--only-summary", "--loglevel", "WARNING",
             "--served-model", model, "--corpus", str(corpus), "--top-k", str(top_k),
             "--open-rate-per-user", repr(load.open_rate_per_user),
             "--max-fail-ratio", repr(max_fail_ratio), "--max-p95-ms", repr(max_p95_ms)]
@@ -68,6 +71,26 @@ def read_stats_csv(path: Path) -> dict[str, dict[str, Any]]:
                 **{key: num(column) for key, column in PERCENTILES.items()},
             }
     return rows
+
+
+def exact_stats(rows: dict[str, dict[str, Any]], csv_prefix: Path) -> dict[str, dict[str, Any]]:
+    """``rows`` with counts, mean, min and percentiles from the run's exact latencies where they hold
+    every request Locust counted (its CSV, written each second, can miss the last one); Locust's own
+    rounded figures stay under ``locust_ms``."""
+    recorded = latencies.read(Path(f"{csv_prefix}_latencies.json"))
+    shares = {key: float(column.rstrip("%")) for key, column in PERCENTILES.items()}
+    out = {}
+    for name, row in rows.items():
+        run = recorded.get(name, {"ms": []})
+        if run["ms"] and len(run["ms"]) != run["locust_requests"]:
+            log.warning("%s: %d exact latencies for %d requests; keeping Locust's rounded ones", name,
+                        len(run["ms"]), run["locust_requests"])
+        elif run["ms"]:
+            rounded = {k: row[k] for k in ("requests", "failures", "mean_ms", "min_ms", *PERCENTILES)}
+            row = {**row, **latencies.summary(run["ms"], shares), "requests": len(run["ms"]),
+                   "failures": run["failures"], "exact": True, "locust_ms": rounded}
+        out[name] = row
+    return out
 
 
 def read_failures_csv(path: Path) -> dict[str, int]:
@@ -97,6 +120,7 @@ def run_locust(host: str, model: str, corpus: Path, load: LocustLoad, csv_prefix
         raise UserError(f"locust wrote no statistics (exit code {proc.returncode}): {tail}")
     return {"mode": load.mode, "users": load.users, "seconds": load.seconds, "workers": workers,
             "open_rate_per_user": load.open_rate_per_user, "offered_rate": load.offered_rate,
-            "exit_code": proc.returncode, "wall_seconds": wall, "stats": read_stats_csv(stats_path),
+            "exit_code": proc.returncode, "wall_seconds": wall,
+            "stats": exact_stats(read_stats_csv(stats_path), csv_prefix),
             "failures_by_error": read_failures_csv(Path(f"{csv_prefix}_failures.csv")),
             "command": " ".join(cmd)}

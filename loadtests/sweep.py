@@ -17,8 +17,9 @@ service. For each model it then runs, one after the other:
 
 Engine-only latency is the same ONNX file in an ``OnnxEngine`` built as the service builds it, timed
 in this process without HTTP: at batch 1 before the service starts, and at each load's mean formed
-batch size after it stops. Writes ``report.md``, PNG plots, ``results.json`` and Locust's raw CSVs
-to ``--out/<timestamp>/``. Exit status 1 when any Locust run failed its gate (failure ratio, p95).
+batch size after it stops. Writes ``report.md``, PNG plots, ``results.json`` and each run's Locust
+CSVs, HTML report and exact per-request latencies (the report's percentiles, to 0.1 ms) to
+``--out/<timestamp>/``. Exit status 1 when any Locust run failed its gate (failure ratio, p95).
 """
 from __future__ import annotations
 

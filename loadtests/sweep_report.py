@@ -60,7 +60,7 @@ def closed_table(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[st
     for run in runs:
         row, d, m = _row(run), derived(results, run), results["models"][run["model"]]
         lines.append("| " + " | ".join([
-            *_model_cells(m), _f(row.get("p50_ms"), 0), _f(row.get("p95_ms"), 0), _f(row.get("p99_ms"), 0),
+            *_model_cells(m), _f(row.get("p50_ms")), _f(row.get("p95_ms")), _f(row.get("p99_ms")),
             _f(ok_rate(row)), f"{row.get('failures', 0)} / {row.get('requests', 0)}",
             _f(run.get("mean_batch_size"), 2), _f(d["engine_batch1_ms"], 2), _f(d["engine_at_batch_ms"], 2),
             _f(d["overhead_ms"]), _f(d["concurrency"], 2)]) + " |")
@@ -73,7 +73,7 @@ def open_table(results: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for run in runs:
         row, sched, m = _row(run), _row(run, "classify (from schedule)"), results["models"][run["model"]]
-        trio = lambda r: " / ".join(_f(r.get(k), 0) for k in ("p50_ms", "p95_ms", "p99_ms"))  # noqa: E731
+        trio = lambda r: " / ".join(_f(r.get(k)) for k in ("p50_ms", "p95_ms", "p99_ms"))  # noqa: E731
         lines.append(f"| {m['served']} | {m['depth']} | {run['users']} | {_f(run['offered_rate'])} "
                      f"({run['open_rate_spec']}) | {_f(ok_rate(row))} | {trio(row)} | {trio(sched)} "
                      f"| {row.get('failures', 0)} / {row.get('requests', 0)} | {_f(run.get('mean_batch_size'), 2)} |")
@@ -91,7 +91,7 @@ def side_by_side(results: dict[str, Any], variants: list[str]) -> list[str]:
             run = next((r for r in results["runs"] if r["mode"] == "closed" and r["model"] == model
                         and r["users"] == users and r["variant"] == v), None)
             row = _row(run) if run else {}
-            cells.append(f"{_f(row.get('p50_ms'), 0)} / {_f(ok_rate(row))}")
+            cells.append(f"{_f(row.get('p50_ms'))} / {_f(ok_rate(row))}")
         lines.append(f"| {model} | {users} | " + " | ".join(cells) + " |")
     return lines
 
@@ -211,8 +211,8 @@ def _header(results: dict[str, Any]) -> list[str]:
         "- Inputs: " + "; ".join(f"{k}: {v['images']} images ({', '.join(v['formats'])}), {v['mean_bytes'] / 1e3:.1f} kB mean"
                                  for k, v in results["corpora"].items()),
         "",
-        "How to read it: latency is Locust's, from sending a request to its last byte, in whole milliseconds "
-        "(Locust rounds below 100 ms to 1 ms). **Closed loop**: each user sends its next request when the "
+        "How to read it: latency is from sending a request to its last byte, to 0.1 ms: percentiles of every "
+        "request's exact time as Locust measured it (its CSVs round below 100 ms to whole milliseconds). **Closed loop**: each user sends its next request when the "
         "previous one returns. **Open loop**: requests are sent on a fixed schedule whatever the server does; "
         "\"from schedule\" times each request from when it should have been sent, which closed-loop figures "
         "cannot show (coordinated omission). Engine-only: the same ONNX file in the service's `OnnxEngine`, "
@@ -261,9 +261,10 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     if plot_tradeoff(results, out / "accuracy_vs_latency.png"):
         written.append(out / "accuracy_vs_latency.png")
         lines += ["![accuracy against latency](accuracy_vs_latency.png)", ""]
-    lines += ["## Raw data", "", "`results.json` (everything above, with each run's Locust command) and Locust's "
-              "CSV statistics under `raw/<variant>/<model>_<mode>_u<users>_{stats,stats_history,failures,exceptions}.csv`, "
-              "with each run's Locust log.", ""]
+    lines += ["## Raw data", "", "`results.json` (everything above, with each run's Locust command) and, under "
+              "`raw/<variant>/<model>_<mode>_u<users>`, Locust's CSV statistics "
+              "(`_{stats,stats_history,failures,exceptions}.csv`), its HTML report (`.html`), every request's exact "
+              "time (`_latencies.json`) and its log.", ""]
     (out / "report.md").write_text("\n".join(lines))
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     return [out / "report.md", out / "results.json", *written]

@@ -96,6 +96,30 @@ def guard_outside_middleware(service: Any, wrap: Callable[[Any], Any]) -> None:
     _require(type(service).to_asgi is Guarded.to_asgi, patch, "the class swap")
 
 
+def document_openapi(service: Any, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """BentoML builds the OpenAPI document (``/docs.json``, a Bento's ``apis/openapi.yaml``) from the
+    APIs' signatures alone and has no setting to add to it (no upstream issue found): each time it is
+    built, ``edit`` rewrites it as JSON (service/openapi.py). Like ``guard_outside_middleware``, the
+    service object gets a subclass of its class, with that one property."""
+    patch = "the OpenAPI document"
+    _written_for_bentoml(patch)
+    from bentoml._internal.service.openapi.specification import OpenAPISpecification
+    from bentoml._internal.utils.cattr import bentoml_cattr
+
+    _require(isinstance(service, bentoml.Service), patch, f"{service!r} is not a bentoml.Service")
+
+    class Documented(type(service)):  # type: ignore[misc]
+        __slots__ = ()  # same layout as its base (an attrs class with slots)
+
+        @property
+        def openapi_spec(self) -> OpenAPISpecification:
+            spec = super().openapi_spec.asdict()
+            return bentoml_cattr.structure(edit(spec), OpenAPISpecification)  # what BentoML's callers expect
+
+    service.__class__ = Documented
+    _require(type(service).openapi_spec is Documented.openapi_spec, patch, "the class swap")
+
+
 # ---- in each worker, as its service instance starts -----------------------------------------------
 
 def keep_connections_open(dependency: Any) -> bool:

@@ -26,6 +26,11 @@ class ServedModel:
     card: ModelCard
 
     @property
+    def version(self) -> str:
+        """The store version served (the tag's part after the colon)."""
+        return self.tag.partition(":")[2]
+
+    @property
     def api_name(self) -> str:
         return "infer_" + "".join(c if c.isalnum() else "_" for c in self.name)
 
@@ -37,16 +42,21 @@ def resolve_precision(config: ServiceConfig) -> str:
 
 
 def resolve_models(config: ServiceConfig, verify_checksums: bool = False) -> list[ServedModel]:
-    """Latest store version of each configured name, with its card; one clear error if absent."""
+    """The pinned (``name:version``) or latest store version of each configured name, with its card;
+    one clear error if absent."""
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
     precision = resolve_precision(config)
     served = []
     for name in config.models:
+        version = config.version(name)
         try:
-            stored = bentoml.models.get(name)
+            stored = bentoml.models.get(f"{name}:{version}" if version else name)
         except NotFound:
+            if version and (versions := _store_versions(name)):
+                raise ModelUnavailable(f"model {name!r} has no version {version!r} in the BentoML store "
+                                       f"(it has {', '.join(versions)})") from None
             raise ModelUnavailable(
                 f"model {name!r} is not in the BentoML store: export it with "
                 f"'python -m export --model ... --register' (make serve does this for the default served set)") from None
@@ -71,6 +81,14 @@ def resolve_models(config: ServiceConfig, verify_checksums: bool = False) -> lis
             verify_checksum(str(stored.tag), path, card.onnx_sha256)
         served.append(ServedModel(name, str(stored.tag), own, path, card))
     return served
+
+
+def _store_versions(name: str) -> list[str]:
+    """The versions of ``name`` in the store, newest first (for the error that names a missing one)."""
+    import bentoml
+
+    stored = sorted(bentoml.models.list(name), key=lambda m: m.creation_time, reverse=True)
+    return [str(m.tag.version) for m in stored]
 
 
 def verify_checksum(tag: str, path: Path, expected: str | None) -> None:

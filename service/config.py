@@ -2,12 +2,13 @@
 
 | variable | default | meaning |
 | --- | --- | --- |
-| RESNET_MODELS | resnet20-fmnist,resnet32-fmnist,...,plain56-fmnist (models.default.DEFAULT_SERVED_MODELS) | comma-separated served names from the BentoML store (first = default) |
+| RESNET_MODELS | resnet20-fmnist,resnet32-fmnist,...,plain56-fmnist (models.default.DEFAULT_SERVED_MODELS) | comma-separated served names from the BentoML store (first = default); `name:version` serves that store version, a bare name the latest |
 | RESNET_PRECISION | auto | fp32, fp16 or int8; auto = fp16 on CUDA, fp32 on the CPU |
 | RESNET_DEVICE | auto | auto (CUDA if onnxruntime can use it), cuda or cpu |
 | RESNET_DEVICE_ID | 0 | CUDA device |
 | RESNET_MAX_BATCH_SIZE | 32 | adaptive batching: largest batch formed |
 | RESNET_MAX_LATENCY_MS | 1000 | adaptive batching: BentoML sheds (503) requests it predicts will wait longer |
+| RESNET_MODEL_SETTINGS | {} | per-model overrides of the two above, JSON: `{"resnet110-fmnist": {"max_batch_size": 8, "max_latency_ms": 200}}` |
 | RESNET_BATCHING | on | off = one onnxruntime call per image (for measuring batching on against off) |
 | RESNET_API_WORKERS | cores | processes that decode and preprocess uploads (cores: the CPUs this process may use, taskset or a container's cpuset honoured) |
 | RESNET_ENGINE_THREADS | cores | onnxruntime intra-op threads of the engine process (CPU provider) |
@@ -29,9 +30,11 @@
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from models.default import DEFAULT_SERVED_MODELS
 
@@ -69,6 +72,65 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+_TAG_PART = re.compile(r"[a-z0-9]([-._a-z0-9]{0,61}[a-z0-9])?")  # BentoML's rule for a tag's name and version
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """One model's adaptive batching: the largest batch, and the wait past which BentoML sheds (503)."""
+
+    max_batch_size: int
+    max_latency_ms: int
+
+
+def _models(env: Mapping[str, str]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """RESNET_MODELS -> (served names in order, (name, version) of each one pinned as ``name:version``)."""
+    names, versions = [], []
+    for entry in (env.get("RESNET_MODELS") or ",".join(DEFAULT_SERVED_MODELS)).split(","):
+        name, sep, version = (part.strip() for part in entry.partition(":"))
+        if not name and not sep:
+            continue
+        if not _TAG_PART.fullmatch(name) or (sep and not _TAG_PART.fullmatch(version)):
+            raise ValueError(f"RESNET_MODELS entry {entry.strip()!r}: expected NAME or NAME:VERSION, each of "
+                             "lowercase letters, digits, '.', '_' or '-'")
+        if name in names:
+            raise ValueError(f"RESNET_MODELS names {name!r} twice; a name is served once")
+        names.append(name)
+        if sep:
+            versions.append((name, version))
+    if not names:
+        raise ValueError("RESNET_MODELS names no model")
+    return tuple(names), tuple(versions)
+
+
+def _model_settings(env: Mapping[str, str], models: tuple[str, ...],
+                    default: BatchSettings) -> tuple[tuple[str, BatchSettings], ...]:
+    """RESNET_MODEL_SETTINGS: each served model's overrides of ``default``; ValueError names the bad model or key."""
+    raw = env.get("RESNET_MODEL_SETTINGS") or "{}"
+    try:
+        overrides = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"RESNET_MODEL_SETTINGS is not valid JSON: {e}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError('RESNET_MODEL_SETTINGS must be a JSON object: {"MODEL": {"max_batch_size": N, ...}}')
+    known = tuple(f.name for f in fields(BatchSettings))
+    settings = []
+    for name, keys in overrides.items():
+        where = f"RESNET_MODEL_SETTINGS[{name!r}]"
+        if name not in models:
+            raise ValueError(f"{where}: not a served model (RESNET_MODELS serves {', '.join(models)})")
+        if not isinstance(keys, dict):
+            raise ValueError(f"{where} must be an object with {' and/or '.join(known)}")
+        for key, value in keys.items():
+            if key not in known:
+                raise ValueError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")
+            # bool is an int in Python; true as a batch size is a mistake, not 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}.{key}={json.dumps(value)}: expected an integer of at least 1")
+        settings.append((name, replace(default, **keys)))
+    return tuple(settings)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     models: tuple[str, ...]
@@ -95,10 +157,21 @@ class ServiceConfig:
     engine_spin: bool = False
     admit_target_ms: int = 0
     admit_wait_ms: int = 250
+    versions: tuple[tuple[str, str], ...] = ()  # (name, store version) pinned in RESNET_MODELS
+    model_batching: tuple[tuple[str, BatchSettings], ...] = ()  # RESNET_MODEL_SETTINGS over the two defaults
 
     @property
     def default_model(self) -> str:
         return self.models[0]
+
+    def version(self, name: str) -> str | None:
+        """The store version RESNET_MODELS pins for ``name``, or None for the store's latest."""
+        return dict(self.versions).get(name)
+
+    def batch_settings(self, name: str) -> BatchSettings:
+        """``name``'s batching: its RESNET_MODEL_SETTINGS entry, else the global RESNET_MAX_BATCH_SIZE
+        and RESNET_MAX_LATENCY_MS."""
+        return dict(self.model_batching).get(name, BatchSettings(self.max_batch_size, self.max_latency_ms))
 
 
 def usable_cores() -> int:
@@ -114,17 +187,17 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
     """The settings from ``env`` (default: this process's environment); ValueError names a bad one."""
     env = os.environ if env is None else env
     cores = usable_cores()
-    models = tuple(m.strip() for m in (env.get("RESNET_MODELS") or ",".join(DEFAULT_SERVED_MODELS)).split(",")
-                   if m.strip())
-    if not models:
-        raise ValueError("RESNET_MODELS names no model")
+    models, versions = _models(env)
+    batching = BatchSettings(_int(env, "RESNET_MAX_BATCH_SIZE", 32), _int(env, "RESNET_MAX_LATENCY_MS", 1000))
     return ServiceConfig(
         models=models,
+        versions=versions,
+        model_batching=_model_settings(env, models, batching),
         precision=_choice(env, "RESNET_PRECISION", "auto", ("auto", "fp32", "fp16", "int8")),
         device=_choice(env, "RESNET_DEVICE", "auto", ("auto", "cuda", "cpu")),
         device_id=_int(env, "RESNET_DEVICE_ID", 0, minimum=0),
-        max_batch_size=_int(env, "RESNET_MAX_BATCH_SIZE", 32),
-        max_latency_ms=_int(env, "RESNET_MAX_LATENCY_MS", 1000),
+        max_batch_size=batching.max_batch_size,
+        max_latency_ms=batching.max_latency_ms,
         batching=_choice(env, "RESNET_BATCHING", "on", ("on", "off")) == "on",
         api_workers=_int(env, "RESNET_API_WORKERS", cores),
         engine_threads=_int(env, "RESNET_ENGINE_THREADS", cores),

@@ -42,10 +42,12 @@ class EngineOptions:
     prefer_nhwc: bool = False  # the CUDA provider's NHWC kernels (provider option prefer_nhwc)
 
     @classmethod
-    def from_config(cls, config: ServiceConfig) -> EngineOptions:
-        """The engine options that the service's settings (``service/config.py``) ask for."""
+    def from_config(cls, config: ServiceConfig, model: str | None = None) -> EngineOptions:
+        """The engine options that the service's settings (``service/config.py``) ask for; with
+        ``model``, its own max batch size (RESNET_MODEL_SETTINGS), which sizes its CUDA buckets."""
+        max_batch = config.batch_settings(model).max_batch_size if model else config.max_batch_size
         return cls(device=config.device, device_id=config.device_id, threads=config.engine_threads,
-                   max_batch_size=config.max_batch_size, cuda_graphs=config.cuda_graphs,
+                   max_batch_size=max_batch, cuda_graphs=config.cuda_graphs,
                    prefer_nhwc=config.prefer_nhwc, spin=config.engine_spin)
 
 

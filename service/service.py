@@ -28,7 +28,7 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from prometheus_client import Counter, Histogram
 
-from service import bentoml_compat
+from service import bentoml_compat, openapi, timing
 from service.catalog import ModelUnavailable, ServedModel, resolve_models
 from service.config import load_config
 from service.deadline import ResponseDeadline
@@ -36,6 +36,7 @@ from service.drain import ActivityMiddleware
 from service.engine import EngineOptions, OnnxEngine
 from service.errors import ClientError, overloaded
 from service.guard import RequestGuard
+from service.page import Page
 from service.preprocess import DecodeLimits, ImageRejected, PreprocessSpec, preprocess
 from service.schema import CLASSIFY, CLASSIFY_BATCH, MODELS, check_apis
 
@@ -43,12 +44,12 @@ log = logging.getLogger("bentoml.resnet_serving")  # under "bentoml": shown by b
 # Here because `bentoml serve` imports this module before it creates sockets or builds any app.
 bentoml_compat.listen_on_tcp()
 bentoml_compat.replace_timeout_middleware(ResponseDeadline)
-CONFIG = load_config()
 try:
+    CONFIG = load_config()  # a bad setting (ValueError) is the same one-line exit as a missing model
     # Every process that imports the service (bentoml serve's own, each worker, bentoml build)
     # checks each model file against the sha256 in its metadata before anything loads it.
     SERVED: list[ServedModel] = resolve_models(CONFIG, verify_checksums=True)
-except ModelUnavailable as e:
+except (ValueError, ModelUnavailable) as e:
     # One line and a non-zero exit, not a traceback: raised in a worker, BentoML would log the
     # traceback and respawn the worker forever.
     sys.exit(f"error: cannot start the service: {e}")
@@ -78,13 +79,12 @@ PREPROCESS_SECONDS = Histogram("resnet_preprocess_seconds", "Decode + preprocess
 
 class _EngineBase:
     def __init__(self) -> None:
-        options = EngineOptions.from_config(CONFIG)
         self.served = {m.name: m for m in SERVED}  # checksums verified at import, in this process
         # SIGTERM: keep serving until the API workers' in-flight requests are through.
         bentoml_compat.defer_sigterm(CONFIG.drain_quiet_s, CONFIG.drain_max_s)
         self.engines: dict[str, OnnxEngine] = {}
         for name, served in self.served.items():
-            engine = OnnxEngine(served.onnx_path, options)
+            engine = OnnxEngine(served.onnx_path, EngineOptions.from_config(CONFIG, name))  # its own buckets
             seconds = engine.warm_up(served.card.input_shape)
             log.info("%s (%s, %s) loaded and warmed in %.2fs", served.tag, served.precision, engine.provider, seconds)
             self.engines[name] = engine
@@ -109,8 +109,9 @@ def _batchable_infer(name: str):
         return self._run(name, images)
 
     infer.__name__ = infer.__qualname__ = BY_NAME[name].api_name
-    return bentoml.api(batchable=CONFIG.batching, batch_dim=0, max_batch_size=CONFIG.max_batch_size,
-                       max_latency_ms=CONFIG.max_latency_ms)(infer)
+    own = CONFIG.batch_settings(name)  # RESNET_MODEL_SETTINGS, else the global defaults
+    return bentoml.api(batchable=CONFIG.batching, batch_dim=0, max_batch_size=own.max_batch_size,
+                       max_latency_ms=own.max_latency_ms)(infer)
 
 
 _engine_attrs: dict[str, Any] = {"__module__": __name__}
@@ -176,19 +177,21 @@ class Classifier:
         return await self._describe()
 
     async def _describe(self) -> dict[str, Any]:
-        runtime = await self.engine.to_async.describe()
+        try:
+            runtime = await self.engine.to_async.describe()
+        except aiohttp.ClientConnectionError as e:
+            return self._engine_unavailable(e).response()
         out = []
         for m in SERVED:
             card = m.card
             out.append({
-                "name": m.name, "tag": m.tag, "model": card.model, "depth": card.depth,
-                "dataset": card.dataset, "num_classes": card.num_classes, "class_names": list(card.class_names),
+                "name": m.name, "tag": m.tag, "version": m.version, "model": card.model, "depth": card.depth,
+                "residual": card.residual, "dataset": card.dataset, "num_classes": card.num_classes, "class_names": list(card.class_names),
                 "input_shape": list(card.input_shape), "channel_mode": card.channel_mode,
                 "precision": m.precision, "provider": runtime[m.name]["provider"],
                 "trained": card.trained, "test_accuracy": card.test_accuracy,
                 "default": m.name == CONFIG.default_model,
-                "batching": {"enabled": CONFIG.batching, "max_batch_size": CONFIG.max_batch_size,
-                             "max_latency_ms": CONFIG.max_latency_ms},
+                "batching": {"enabled": CONFIG.batching, **vars(CONFIG.batch_settings(m.name))},
             })
         return {"models": out}
 
@@ -214,11 +217,13 @@ class Classifier:
             x = await asyncio.to_thread(lambda: preprocess(path.read_bytes(), self.specs[served.name], self.limits))
         except ImageRejected as e:
             raise ClientError(e.code, e.message) from None
-        PREPROCESS_SECONDS.labels(served.name).observe(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        PREPROCESS_SECONDS.labels(served.name).observe(seconds)
+        timing.record("preprocess", seconds)  # Server-Timing (service/timing.py)
         return x
 
     async def _infer(self, served: ServedModel, x: np.ndarray) -> np.ndarray:
-        call = getattr(self.engine.to_async, served.api_name)
+        call = timing.timed("model", getattr(self.engine.to_async, served.api_name))
         try:
             try:
                 return await call(x)
@@ -230,12 +235,17 @@ class Classifier:
         except ServiceUnavailable:
             # The engine's adaptive batching predicted this request would wait past max_latency_ms
             # and shed it: the client's request was fine, so a 503 it may retry, not a 500.
-            raise overloaded(f"the model queue is full (over {CONFIG.max_latency_ms} ms); "
+            limit = CONFIG.batch_settings(served.name).max_latency_ms
+            raise overloaded(f"the model queue is full (over {limit} ms); "
                              f"retry after {CONFIG.retry_after_s} s", CONFIG.retry_after_s) from None
         except aiohttp.ClientConnectionError as e:
-            log.warning("engine unreachable (%s)", e)
-            raise overloaded(f"the model engine is unavailable (restarting or shutting down); retry after "
-                             f"{CONFIG.retry_after_s} s", CONFIG.retry_after_s, code="engine_unavailable") from None
+            raise self._engine_unavailable(e) from None
+
+    @staticmethod
+    def _engine_unavailable(e: Exception) -> ClientError:
+        log.warning("engine unreachable (%s)", e)
+        return overloaded(f"the model engine is unavailable (restarting or shutting down); retry after "
+                          f"{CONFIG.retry_after_s} s", CONFIG.retry_after_s, code="engine_unavailable")
 
     @staticmethod
     def _result(served: ServedModel, logits: np.ndarray, k: int) -> dict[str, Any]:
@@ -254,9 +264,9 @@ REFUSED = Counter("resnet_refused", "Requests the API refused before BentoML par
 
 
 def _guarded(app: Any) -> RequestGuard:
-    """The Classifier's app behind RequestGuard, which counts its refusals in ``resnet_refused_total``
-    (they never reach BentoML's request metrics)."""
-    return RequestGuard(app, max_body_bytes=CONFIG.max_body_bytes,
+    """The Classifier's app, with the page and Server-Timing, behind RequestGuard, which counts its
+    refusals in ``resnet_refused_total`` (they never reach BentoML's request metrics)."""
+    return RequestGuard(Page(timing.ServerTiming(app)), max_body_bytes=CONFIG.max_body_bytes,
                         max_files=CONFIG.max_batch_images, max_inflight=CONFIG.max_inflight,
                         admit_target_s=CONFIG.admit_target_ms / 1000, admit_wait_s=CONFIG.admit_wait_ms / 1000,
                         retry_after_s=CONFIG.retry_after_s,
@@ -265,3 +275,4 @@ def _guarded(app: Any) -> RequestGuard:
 
 
 bentoml_compat.guard_outside_middleware(Classifier, _guarded)
+bentoml_compat.document_openapi(Classifier, openapi.document)  # typed answers, errors, GET /models

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from loadtests import latencies
 from loadtests.corpus import build_corpus, check_answer, load_corpus, multipart_body
 from loadtests.locust_run import LocustLoad, read_stats_csv, run_locust
 from loadtests.sweep import open_rate, parse_duration
 from loadtests.sweep_models import resolve_served_name
+from loadtests.sweep_report import closed_table
 from common.errors import UserError
 
 GOOD = {"model": "resnet20-fmnist", "trained": True,
@@ -84,9 +86,11 @@ def test_served_names():
 class _WrongAnswers(BaseHTTPRequestHandler):
     """A server that answers every POST with 200 but a body missing the predictions."""
 
+    answer = {"model": "resnet20-fmnist"}
+
     def do_POST(self):  # noqa: N802 (http.server's naming)
         self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.dumps({"model": "resnet20-fmnist"}).encode()
+        body = json.dumps(self.answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -97,19 +101,61 @@ class _WrongAnswers(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.slow
-def test_locust_gate_fails_the_run_when_answers_are_wrong(tmp_path):
-    """Status 200 is not enough: a malformed body is a failure, and the failure ratio sets exit code 1."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _WrongAnswers)
+class _RightAnswers(_WrongAnswers):
+    """A server that answers every POST at once with a valid top-2 answer: latencies of about a millisecond."""
+
+    answer = GOOD
+
+
+def _locust_against(handler, tmp_path, workers=0, top_k=5):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         build_corpus(tmp_path / "corpus", "fmnist", 8)
-        run = run_locust(f"http://127.0.0.1:{httpd.server_address[1]}", "resnet20-fmnist", tmp_path / "corpus",
-                         LocustLoad(users=2, seconds=3), tmp_path / "raw" / "gate", top_k=5)
+        return run_locust(f"http://127.0.0.1:{httpd.server_address[1]}", "resnet20-fmnist", tmp_path / "corpus",
+                          LocustLoad(users=2, seconds=3), tmp_path / "raw" / "gate", top_k=top_k, workers=workers)
     finally:
         httpd.shutdown()
+
+
+@pytest.mark.slow
+def test_locust_gate_fails_the_run_when_answers_are_wrong(tmp_path):
+    """Status 200 is not enough: a malformed body is a failure, and the failure ratio sets exit code 1."""
+    run = _locust_against(_WrongAnswers, tmp_path)
     row = run["stats"]["classify"]
     assert run["exit_code"] == 1
     assert row["requests"] > 0 and row["failures"] == row["requests"]
     assert any("malformed body" in e for e in run["failures_by_error"])
-    assert read_stats_csv(Path(f"{tmp_path}/raw/gate_stats.csv"))["classify"]["requests"] == row["requests"]
+    csv_row = read_stats_csv(Path(f"{tmp_path}/raw/gate_stats.csv"))["classify"]
+    assert csv_row["requests"] == row["locust_ms"]["requests"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_percentiles_resolve_below_a_millisecond(tmp_path, workers):
+    """Percentiles from every request's exact time, one process or workers under a master, where
+    Locust's CSV rounds to whole milliseconds; and its HTML report beside the CSVs."""
+    run = _locust_against(_RightAnswers, tmp_path, workers, top_k=2)
+    row = run["stats"]["classify"]
+    assert run["exit_code"] == 0 and row["failures"] == 0 and row["exact"]
+    exact = json.loads((tmp_path / "raw" / "gate_latencies.json").read_text())["classify"]
+    assert len(exact["ms"]) == exact["locust_requests"] == row["requests"] > 20  # none lost on the way
+    assert row["locust_ms"]["p50_ms"] == round(row["locust_ms"]["p50_ms"])  # Locust's: whole ms
+    assert row["p50_ms"] != round(row["p50_ms"]) and abs(row["p50_ms"] - row["locust_ms"]["p50_ms"]) <= 1
+    assert row["min_ms"] <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert "<html" in (tmp_path / "raw" / "gate.html").read_text()[:500].lower()
+
+
+def test_sweep_table_tells_apart_latencies_a_millisecond_rounds_together():
+    """resnet20 and resnet56 at 0.64 and 1.75 ms: one step apart in Locust's CSV, told apart here."""
+    shares = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0, "max_ms": 100.0}
+    fast, slow = latencies.summary([0.64] * 99 + [3.0], shares), latencies.summary([1.75] * 99 + [3.0], shares)
+    assert (fast["p50_ms"], fast["p99_ms"], fast["max_ms"], fast["min_ms"]) == (0.64, 0.64, 3.0, 0.64)
+    results = {"engine": {}, "models": {}}
+    runs = []
+    for name, row in (("resnet20-fmnist", fast), ("resnet56-fmnist", slow)):
+        results["models"][name] = {"served": name, "depth": 20, "gflops": 0.08, "params": 270_000, "trained": False}
+        runs.append({"model": name, "variant": "batching on, fp32", "mean_batch_size": None,
+                     "stats": {"classify": {**row, "requests": 100, "failures": 0, "requests_per_s": 50.0}}})
+    table = "\n".join(closed_table(results, runs))
+    assert "| 0.6 | 0.6 | 0.6 |" in table and "| 1.8 | 1.8 | 1.8 |" in table

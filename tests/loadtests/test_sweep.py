@@ -35,6 +35,11 @@ def test_smoke_sweep_starts_the_service_and_reports(tmp_path):
     assert results["models"]["resnet20-fmnist"]["test_accuracy"] == pytest.approx(94.55, abs=0.01)
     report = (stamp / "report.md").read_text()
     assert "### Closed loop, 4 user(s)" in report and "| resnet20-fmnist | 20 |" in report
-    assert (stamp / "raw" / "batching-on-fp32" / "resnet20-fmnist_closed_u4_stats.csv").is_file()
+    raw = stamp / "raw" / "batching-on-fp32"
+    assert (raw / "resnet20-fmnist_closed_u4_stats.csv").is_file()
+    assert "<html" in (raw / "resnet20-fmnist_closed_u4.html").read_text()[:500].lower()  # Locust's report
+    # percentiles from every request's exact time, to 0.1 ms in the report (Locust's CSV: whole ms)
+    assert row["exact"] and row["p50_ms"] != round(row["p50_ms"]) and row["locust_ms"]["p50_ms"] % 1 == 0
+    assert f"| {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} |" in report
     for png in ("latency_vs_depth.png", "throughput_vs_depth.png", "accuracy_vs_latency.png"):
         assert (stamp / png).read_bytes()[:4] == b"\x89PNG"

@@ -131,3 +131,21 @@ def test_engine_trouble_becomes_503_with_retry_after(service_module, tmp_path, f
     response = asyncio.run(svc.classify(image=path))
     assert response.status_code == 503 and response.headers["retry-after"] == str(CONFIG.retry_after_s)
     assert json.loads(response.body)["code"] == code
+
+
+def test_models_while_the_engine_is_unreachable_is_a_503(service_module):
+    """GET /models asks the engine which provider each model runs on: an engine that is restarting
+    makes it a 503 the client may retry, not a 500."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import aiohttp
+
+    async def describe():
+        raise aiohttp.ClientConnectorError(SimpleNamespace(ssl=None, host="127.0.0.1", port=1), OSError(111, "refused"))
+
+    svc = service_module.Classifier()
+    svc.engine = SimpleNamespace(to_async=SimpleNamespace(describe=describe))
+    response = asyncio.run(svc.models())
+    assert response.status_code == 503 and response.headers["retry-after"] == str(CONFIG.retry_after_s)
+    assert json.loads(response.body)["code"] == "engine_unavailable"

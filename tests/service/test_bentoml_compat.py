@@ -41,6 +41,7 @@ PATCHES = {
     "cache_media_types": lambda: compat.cache_media_types(probe_service("probe-version-media")),
     "guard_outside_middleware": lambda: compat.guard_outside_middleware(probe_service("probe-version-guard"),
                                                                         lambda app: app),
+    "document_openapi": lambda: compat.document_openapi(probe_service("probe-version-docs"), lambda doc: doc),
     "keep_connections_open": lambda: compat.keep_connections_open(remote_proxy()),
     "defer_sigterm": lambda: compat.defer_sigterm(1.0, 1.0, Activity()),
     "note_sigterm": lambda: compat.note_sigterm(threading.Event()),
@@ -116,6 +117,16 @@ def test_to_asgi_returns_the_app_wrapped_outside_bentomls(monkeypatch):
     assert svc.to_asgi() == ("guard", "bentoml's app") and isinstance(svc, bentoml.Service)
     with pytest.raises(compat.IncompatibleBentoML, match="not a bentoml.Service"):
         compat.guard_outside_middleware(svc, lambda app: app)  # once only
+
+
+def test_the_openapi_document_is_edited_each_time_bentoml_builds_it(monkeypatch):
+    svc = probe_service("probe-docs")
+    monkeypatch.setattr(bentoml.Service, "to_asgi", lambda self, *args, **kwargs: "bentoml's app")
+    compat.guard_outside_middleware(svc, lambda app: ("guard", app))
+    compat.document_openapi(svc, lambda doc: {**doc, "info": {**doc["info"], "title": "edited"}})
+    spec = svc.openapi_spec
+    assert type(spec).__name__ == "OpenAPISpecification" and spec.info.title == "edited"
+    assert "/echo" in spec.asdict()["paths"] and svc.to_asgi() == ("guard", "bentoml's app")  # both patches hold
 
 
 # ---- SIGTERM: uvicorn's handler, wrapped ---------------------------------------------------------

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from service.config import load_config, usable_cores
+from service.config import BatchSettings, load_config, usable_cores
+from service.engine import EngineOptions
 
 
 @pytest.fixture
@@ -27,3 +28,45 @@ def test_a_setting_still_overrides_the_cpu_count(sixteen_cores_pinned_to_two, mo
     monkeypatch.setenv("RESNET_API_WORKERS", "3")
     assert load_config().api_workers == 3
 
+
+
+SERVED = {"RESNET_MODELS": "resnet20-fmnist:abc123,resnet110-fmnist"}
+
+
+def test_per_model_batch_settings_override_the_global_defaults():
+    config = load_config({**SERVED, "RESNET_MAX_BATCH_SIZE": "16", "RESNET_MODEL_SETTINGS":
+                          '{"resnet110-fmnist": {"max_batch_size": 8, "max_latency_ms": 200}}'})
+    assert config.batch_settings("resnet110-fmnist") == BatchSettings(max_batch_size=8, max_latency_ms=200)
+    assert config.batch_settings("resnet20-fmnist") == BatchSettings(max_batch_size=16, max_latency_ms=1000)
+    partial = load_config({**SERVED, "RESNET_MODEL_SETTINGS": '{"resnet20-fmnist": {"max_latency_ms": 50}}'})
+    assert partial.batch_settings("resnet20-fmnist") == BatchSettings(max_batch_size=32, max_latency_ms=50)
+    # the engine's CUDA buckets follow the model's own max batch size
+    assert EngineOptions.from_config(config, "resnet110-fmnist").max_batch_size == 8
+    assert EngineOptions.from_config(config).max_batch_size == 16
+
+
+def test_models_take_an_optional_store_version():
+    config = load_config(SERVED)
+    assert config.models == ("resnet20-fmnist", "resnet110-fmnist") and config.default_model == "resnet20-fmnist"
+    assert config.version("resnet20-fmnist") == "abc123" and config.version("resnet110-fmnist") is None
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RESNET_MODEL_SETTINGS": "{resnet20-fmnist: 8}"}, "RESNET_MODEL_SETTINGS is not valid JSON"),
+    ({"RESNET_MODEL_SETTINGS": "[8]"}, "must be a JSON object"),
+    ({"RESNET_MODEL_SETTINGS": '{"resnet56-fmnist": {"max_batch_size": 8}}'},
+     "RESNET_MODEL_SETTINGS['resnet56-fmnist']: not a served model"),
+    ({"RESNET_MODEL_SETTINGS": '{"resnet20-fmnist": {"max_batch": 8}}'},
+     "RESNET_MODEL_SETTINGS['resnet20-fmnist']: unknown key 'max_batch'"),
+    ({"RESNET_MODEL_SETTINGS": '{"resnet20-fmnist": {"max_batch_size": 0}}'}, ".max_batch_size=0: expected an integer"),
+    ({"RESNET_MODEL_SETTINGS": '{"resnet20-fmnist": {"max_latency_ms": 2.5}}'}, ".max_latency_ms=2.5: expected"),
+    ({"RESNET_MODEL_SETTINGS": '{"resnet20-fmnist": {"max_batch_size": true}}'}, ".max_batch_size=true: expected"),
+    ({"RESNET_MODEL_SETTINGS": '{"resnet20-fmnist": 8}'}, "must be an object with max_batch_size"),
+    ({"RESNET_MODELS": "resnet20-fmnist:"}, "entry 'resnet20-fmnist:': expected NAME or NAME:VERSION"),
+    ({"RESNET_MODELS": "resnet20-fmnist:ABC"}, "expected NAME or NAME:VERSION"),
+    ({"RESNET_MODELS": "resnet20-fmnist,resnet20-fmnist:abc"}, "names 'resnet20-fmnist' twice"),
+])
+def test_bad_model_settings_are_one_clear_error(env, message):
+    with pytest.raises(ValueError) as e:
+        load_config({**SERVED, **env})
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -1,4 +1,5 @@
 """Tier 3: the real ``bentoml serve`` in a subprocess, on a free loopback port."""
+import json
 import re
 import subprocess
 import sys
@@ -87,6 +88,40 @@ def test_models_and_metrics(server):
     assert re.search(r'resnet_preprocess_seconds_count\{model="resnet20-fmnist"\} [1-9]', metrics), metrics[-2000:]
 
 
+def readme_client() -> str:
+    """README's Python client, word for word: its one ```python block that uses SyncHTTPClient."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO_ROOT / "README.md").read_text(), re.S)
+    (code,) = [b for b in blocks if "SyncHTTPClient" in b]
+    return code
+
+
+def test_the_readme_python_client(server, fmnist_test, tmp_path, monkeypatch, capsys):
+    images, labels = fmnist_test
+    files = {"shoe.png": (0, "PNG"), "a.png": (2, "PNG"), "b.jpg": (18, "JPEG")}  # test images 0, 2, 18
+    for name, (i, fmt) in files.items():
+        (tmp_path / name).write_bytes(encode(images[i], fmt))
+    assert [labels[i] for i, _ in files.values()] == [9, 1, 8]  # Ankle boot, Trouser, Bag
+    monkeypatch.chdir(tmp_path)
+    run: dict = {}
+    exec(readme_client().replace("http://127.0.0.1:3000", server.url), run)
+    answer, from_pil, batch = run["answer"], run["from_pil"], run["batch"]
+    assert answer["model"] == "resnet20-fmnist" and len(answer["predictions"]) == 3
+    assert answer["predictions"][0]["label"] == "Ankle boot" and answer["predictions"][0]["class_index"] == 9
+    assert from_pil["predictions"] == answer["predictions"] + from_pil["predictions"][3:]  # same bytes, top 5
+    assert [r["predictions"][0]["label"] for r in batch["results"]] == ["Trouser", "Bag"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("resnet20-fmnist {'label': 'Ankle boot'") and printed[1] == "['Trouser', 'Bag']"
+
+
+def test_the_python_client_raises_the_error_answer(server, fmnist_test, tmp_path):
+    import bentoml
+
+    (tmp_path / "shoe.png").write_bytes(encode(fmnist_test[0][0], "PNG"))
+    with bentoml.SyncHTTPClient(server.url) as client, pytest.raises(bentoml.exceptions.BentoMLException) as e:
+        client.classify(image=tmp_path / "shoe.png", model="resnet999")
+    assert e.value.error_code == 404 and json.loads(e.value.message)["code"] == "unknown_model"
+
+
 @pytest.mark.slow
 def test_bentoml_build_and_serve_the_bento(default_model_tag, fmnist_test):
     bentoml_cli = str(Path(sys.executable).parent / "bentoml")
@@ -111,5 +146,7 @@ def test_bentoml_build_and_serve_the_bento(default_model_tag, fmnist_test):
         images, labels = fmnist_test
         r = classify(srv.url, encode(images[0], "PNG"), top_k="1")
         assert r.status_code == 200 and r.json()["predictions"][0]["class_index"] == labels[0]
+        page = httpx.get(srv.url + "/static/samples/samples.json")  # the page shipped inside the Bento
+        assert httpx.get(srv.url + "/").status_code == 200 and len(page.json()) == 12
     finally:
         srv.stop()
