@@ -1,26 +1,29 @@
-"""The engine on the GPU: onnxruntime's CUDA provider against PyTorch eager, ResNet-18 ... 152.
+"""The engine on the GPU: onnxruntime's CUDA provider against PyTorch eager, ResNet-18 ... 152 at
+224x224 and the Fashion-MNIST family at 28x28.
 
     python -m bench.gpu.engine_bench --out /tmp/engine --register --onnx-dir /tmp/onnx   # GPU machine
     python -m bench.gpu.engine_bench --dry-run --out /tmp/engine-dry                     # CPU rehearsal
     python -m bench.gpu.engine_bench --report-only --out /tmp/engine                     # redo the report
 
-For each model (deterministic random weights, 224x224, ``export.sources.untrained``):
+For each model (ImageNet ResNets: deterministic random weights, ``export.sources.untrained``; the
+family, resnet20 ... plain56: its committed checkpoint in ``models/checkpoints``):
 
 1. fp32 and fp16 ONNX from ``export.pipeline`` (verified there against float64 PyTorch, as every
    export is; ``--register`` also puts them in the BentoML store for the service);
 2. numerics: onnxruntime CUDA fp32 and fp16 against onnxruntime CPU fp32 on the same 8 images;
 3. timings at each batch size: onnxruntime fp32 and fp16 with IO binding (input and output in device
    memory), each with and without ``prefer_nhwc`` and with and without a CUDA graph (one session per
-   batch size), against PyTorch eager fp16 channels-last and eager fp32: the median of ``--repeats``
-   calls after ``--warmup`` untimed ones, each call synchronised. Every timed variant's output is
-   also checked against the CPU reference, and every CUDA figure comes from a session whose
-   ``get_providers()`` starts with the CUDA provider: onnxruntime's silent fallback to the CPU is
-   refused, never reported.
+   batch size), fp16 also with ``cudnn_conv_use_max_workspace=0`` (onnxruntime issue #20712), against
+   PyTorch eager fp16 channels-last and eager fp32: the median of ``--repeats`` calls after
+   ``--warmup`` untimed ones, each call synchronised (the family: ``--family-variants``, fewer). Every
+   timed variant's output is also checked against the CPU reference, and every CUDA figure comes from
+   a session whose ``get_providers()`` starts with the CUDA provider: onnxruntime's silent fallback to
+   the CPU is refused, never reported.
 
 Then ``service.engine.OnnxEngine`` itself (the service's path, host arrays in and out) with its CUDA
 graph and NHWC options, and a ``torch.profiler`` summary of where a call's time goes. ``--deadline-s``
 bounds the whole run: each model gets a share of the time left (by its size), its target batch sizes
-(1 and 64) first; what does not fit is recorded as skipped. Without CUDA, ``--dry-run`` runs it all on
+(1, 64, 256) first; what does not fit is recorded as skipped. Without CUDA, ``--dry-run`` runs it all on
 the CPU provider with tiny settings, every CUDA-only variant recorded as skipped, and says so.
 Writes ``results.json`` (also after each model), ``report.md`` and ``engine_bench.png`` to ``--out``.
 """
@@ -29,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -45,29 +47,28 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bench.gpu import environment
-from bench.gpu.runners import (BASELINE, VARIANTS, FellBack, OrtRunner, TorchRunner, Variant, nhwc_nodes,
-                                   ort_session, relative_error, session_facts, time_calls, top1_agreement,
-                                   torch_model)
+from bench.gpu.engine_check import check_engine
+from bench.gpu.profiling import profile_engines
+from bench.gpu.runners import (BASELINE, FAMILY_VARIANTS, REFERENCE_IMAGES, TOLERANCE, VARIANTS, FellBack, OrtRunner,
+                               TorchRunner, Variant, nhwc_nodes, ort_session, relative_error, session_facts,
+                               time_calls, top1_agreement, torch_model)
 from common.cli import int_list, run_cli
 from common.errors import UserError
 from common.files import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+DEFAULT_FAMILY = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain20", "plain32", "plain44", "plain56")
 DEFAULT_BATCHES = (1, 8, 64, 256)
-TARGET_BATCHES = (1, 64)  # measured first within each model: the issue's targets are set there
-DRY_RUN = {"models": ["resnet18"], "batches": [1, 2], "repeats": 3, "warmup": 1}
-# max |out - CPU fp32| / max |CPU fp32|. fp32 on CUDA may use TF32 tensor cores (onnxruntime's
-# use_tf32 and PyTorch's cudnn.allow_tf32 both default to on), whose 10-bit mantissa is fp16's.
-TOLERANCE = {"fp32": 1e-2, "fp16": 1e-2}
-REFERENCE_IMAGES = 8  # distinct inputs, tiled to each batch size
+TARGET_BATCHES = (1, 64, 256)  # measured first within each model: the issue's targets are set there
+PROFILE_BATCHES = (1, 64)
+DRY_RUN = {"models": ["resnet18", "resnet20"], "batches": [1, 2], "repeats": 3, "warmup": 1}
 TAIL_SECONDS = 40  # of --deadline-s kept for the OnnxEngine check, the profile and the report
-PROFILE_CALLS = 20
 
 
 @dataclass
 class BenchConfig:
-    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    models: list[str] = field(default_factory=lambda: [*DEFAULT_MODELS, *DEFAULT_FAMILY])
     batches: list[int] = field(default_factory=lambda: list(DEFAULT_BATCHES))
     repeats: int = 30
     warmup: int = 5
@@ -80,7 +81,11 @@ class BenchConfig:
     engine_check: bool = True
     profile_model: str = "resnet50"  # or the first model when it is not measured
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    family_variants: list[str] = field(default_factory=lambda: list(FAMILY_VARIANTS))  # of ``variants``
     seed: int = 0
+
+    def variants_for(self, name: str) -> list[str]:
+        return [v for v in self.variants if not environment.is_family(name) or v in self.family_variants]
 
 
 def new_results(cfg: BenchConfig) -> dict[str, Any]:
@@ -90,7 +95,8 @@ def new_results(cfg: BenchConfig) -> dict[str, Any]:
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                      "command": "python -m bench.gpu.engine_bench " + " ".join(sys.argv[1:]),
                      "tolerance": TOLERANCE, "reference_images": REFERENCE_IMAGES,
-                     "inputs": f"{REFERENCE_IMAGES} standard-normal images (seed {cfg.seed}) tiled to each batch "
+                     "inputs": f"{REFERENCE_IMAGES} standard-normal images (seed {cfg.seed}) of each model's input "
+                               "shape tiled to each batch "
                                "size; onnxruntime takes float32 `images` in both precisions (the fp16 files cast "
                                "inside the graph), PyTorch fp16 takes float16 tensors",
                      "timing": "host wall clock per call (time.perf_counter), each call synchronised; "
@@ -98,7 +104,8 @@ def new_results(cfg: BenchConfig) -> dict[str, Any]:
                      "torch": {"inference_mode": True, "cudnn_benchmark": True,
                                "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32},
                      "ort": {"graph_optimization_level": "ORT_ENABLE_ALL", "io_binding": "OrtValue input and "
-                             "output on the session's device", "cuda_graph": "one session per batch size"}},
+                             "output on the session's device", "cuda_graph": "one session per batch size",
+                             "cudnn_conv_use_max_workspace": "the provider's default unless the variant sets it"}},
         "variants": {k: asdict(v) for k, v in VARIANTS.items()}, "baseline": BASELINE,
         "models": {}, "engine_check": None, "profile": None, "complete": False,
     }
@@ -120,13 +127,13 @@ def run_bench(cfg: BenchConfig, results: dict[str, Any], save: Callable[[dict[st
         results["exports"] = environment.export_models(cfg.models, onnx_dir, cfg.register)
         measured = [m for m in cfg.models if results["exports"][m]["status"] == "ok"]
         tail = TAIL_SECONDS * (cfg.engine_check or cfg.profile)
-        bar = tqdm(total=len(measured) * len(cfg.batches) * len(cfg.variants), desc="engine", unit="cell",
-                   disable=None)
+        cells = len(cfg.batches) * sum(len(cfg.variants_for(m)) for m in measured)
+        bar = tqdm(total=cells, desc="engine", unit="cell", disable=None)
         for i, name in enumerate(measured):
             share = None
             if deadline is not None:
                 now = time.monotonic()
-                weights = [environment.MODEL_WEIGHT.get(m, 4.0) for m in measured[i:]]
+                weights = [environment.model_weight(m) for m in measured[i:]]
                 share = now + max(0.0, deadline - tail - now) * weights[0] / sum(weights)
             results["models"][name] = _bench_model(name, results["exports"][name], cfg, device, torch_device,
                                                    skip_cuda, share, Path(tmp), bar, layout_check=i == 0)
@@ -140,11 +147,13 @@ def run_bench(cfg: BenchConfig, results: dict[str, Any], save: Callable[[dict[st
         # the tail: the engine check may use it up to the profile's share (a third of it)
         check_until = None if deadline is None else deadline - tail / 3
         if focus and cfg.engine_check:
-            results["engine_check"] = _guarded(check_until, lambda: _engine_check(
-                focus, results["exports"][focus], cfg, device, check_until))
+            results["engine_check"] = _guarded(check_until, lambda: check_engine(
+                focus, results["exports"][focus], cfg.batches, (cfg.warmup, cfg.repeats, cfg.max_cell_seconds),
+                device, check_until, cfg.seed))
         if focus and cfg.profile:
-            results["profile"] = _guarded(deadline, lambda: _profile(
-                focus, results["exports"][focus], cfg, device, torch_device))
+            batches = [b for b in PROFILE_BATCHES if b in cfg.batches] or cfg.batches[:2]
+            results["profile"] = _guarded(deadline, lambda: profile_engines(
+                focus, results["exports"][focus], batches, cfg.variants, device, torch_device, cfg.seed))
     results["wall_seconds"] = round(time.monotonic() - started, 1)
     results["complete"] = True
 
@@ -162,23 +171,27 @@ def _guarded(deadline: float | None, job: Callable[[], dict[str, Any]]) -> dict[
 def _bench_model(name: str, export: dict[str, Any], cfg: BenchConfig, device: str, torch_device: str | None,
                  skip_cuda: str, share_deadline: float | None, tmp: Path, bar: tqdm,
                  layout_check: bool = False) -> dict[str, Any]:
-    from export.sources import untrained
     from export.verify import random_inputs
+    from models.flops import count_cost
 
     paths = {p: Path(f) for p, f in export["files"].items()}
-    source = untrained(name)
+    source = environment.bench_source(name)
     x8 = random_inputs(source.card, REFERENCE_IMAGES, seed=cfg.seed)
     reference = ort_session(paths["fp32"], "cpu").run(None, {"images": x8})[0]
-    info: dict[str, Any] = {"depth": source.card.depth, "input_shape": list(source.card.input_shape),
+    info: dict[str, Any] = {"served": source.card.name, "dataset": source.card.dataset, "depth": source.card.depth,
+                            "residual": source.card.residual, "input_shape": list(source.card.input_shape),
+                            "gflops_per_image": count_cost(source.model, source.card.input_shape).gflops,
                             "sessions": {}, "batches": {}}
-    if device == "cuda" and layout_check:
+    if device == "cuda" and layout_check and "fp16" in paths:
         info["nhwc_graph_domains"] = _try(lambda: nhwc_nodes(paths["fp16"], tmp))
-    selected = {k: v for k, v in VARIANTS.items() if k in cfg.variants}
+    selected = {k: v for k, v in VARIANTS.items() if k in cfg.variants_for(name)}
     sessions: dict[str, Any] = {}  # variant key -> session or the reason there is none
     for key, v in selected.items():
-        if v.runtime == "ort" and not v.graph:
-            sessions[key] = (skip_cuda if device == "cpu" and v.cuda_only else
-                             _try(lambda v=v: ort_session(paths[v.precision], device, nhwc=v.nhwc)))
+        if v.runtime == "ort" and v.precision not in paths:
+            sessions[key] = export.get("missing", {}).get(v.precision, f"no {v.precision} export")
+        elif v.runtime == "ort" and not v.graph:
+            sessions[key] = (skip_cuda if device == "cpu" and v.cuda_only else _try(
+                lambda v=v: ort_session(paths[v.precision], device, nhwc=v.nhwc, workspace=v.workspace)))
             if not isinstance(sessions[key], str):
                 info["sessions"][key] = session_facts(sessions[key])
         elif v.runtime == "torch":
@@ -196,10 +209,10 @@ def _bench_model(name: str, export: dict[str, Any], cfg: BenchConfig, device: st
                 cells[key] = {"status": "skipped: time budget"}
             elif device == "cpu" and v.cuda_only:
                 cells[key] = {"status": skip_cuda}
+            elif isinstance(sessions.get(key), str):
+                cells[key] = {"status": sessions[key]}
             elif v.graph:
                 cells[key] = _graph_cell(paths[v.precision], v, x, ref, cfg, device, info, key)
-            elif isinstance(sessions[key], str):
-                cells[key] = {"status": sessions[key]}
             elif v.runtime == "ort":
                 cells[key] = _cell(lambda: OrtRunner(sessions[key], x, device), v, ref, cfg, device)
             else:
@@ -224,7 +237,7 @@ def _try(job: Callable[[], Any]) -> Any:
 
 def _graph_cell(path: Path, v: Variant, x: np.ndarray, ref: np.ndarray, cfg: BenchConfig, device: str,
                 info: dict[str, Any], key: str) -> dict[str, Any]:
-    session = _try(lambda: ort_session(path, device, nhwc=v.nhwc, graph=True))
+    session = _try(lambda: ort_session(path, device, nhwc=v.nhwc, graph=True, workspace=v.workspace))
     if isinstance(session, str):
         return {"status": session}
     info["sessions"].setdefault(key, session_facts(session))
@@ -269,73 +282,6 @@ def _numerics(paths: dict[str, Path], x8: np.ndarray, reference: np.ndarray, dev
     return rows
 
 
-def _engine_check(name: str, export: dict[str, Any], cfg: BenchConfig, device: str,
-                  until: float | None) -> dict[str, Any]:
-    """``service.engine.OnnxEngine`` as the service builds it (host arrays in and out, batches padded
-    to buckets), with its CUDA-graph and NHWC options, at batch 1 and the largest bucket <= 64."""
-    from export.sources import untrained
-    from export.verify import random_inputs
-    from service.engine import EngineOptions, OnnxEngine
-
-    precision = "fp16" if device == "cuda" else "fp32"  # what the service serves there by default
-    card = untrained(name).card
-    x8 = random_inputs(card, REFERENCE_IMAGES, seed=cfg.seed)
-    path = Path(export["files"][precision])
-    reference = ort_session(Path(export["files"]["fp32"]), "cpu").run(None, {"images": x8})[0]
-    top = max(b for b in cfg.batches if b <= 64) if min(cfg.batches) <= 64 else 64
-    combos = [("default", False, False), ("cuda_graphs", True, False), ("nhwc", False, True),
-              ("cuda_graphs+nhwc", True, True)]
-    rows: dict[str, Any] = {}
-    for label, graphs, nhwc in combos if device == "cuda" else combos[:2]:
-        if until is not None and time.monotonic() > until:
-            rows[label] = {"status": "skipped: time budget"}
-            continue
-        options = EngineOptions(device=device, max_batch_size=top, threads=os.cpu_count() or 1,
-                                cuda_graphs=graphs, prefer_nhwc=nhwc)
-        engine = OnnxEngine(path, options)
-        row: dict[str, Any] = {"status": "ok", "options": asdict(options), "provider": engine.provider,
-                               "cuda_graphs_active": engine.cuda_graphs, "prefer_nhwc_active": engine.prefer_nhwc,
-                               "warm_up_s": engine.warm_up(card.input_shape), "batches": {}}
-        for batch in sorted({1, top}):
-            x = np.ascontiguousarray(np.resize(x8, (batch, *x8.shape[1:])))
-            error = relative_error(engine.infer(x), reference[np.arange(batch) % REFERENCE_IMAGES])
-            ms = 1000.0 * np.asarray(time_calls(lambda: engine.infer(x), cfg.warmup, cfg.repeats, cfg.max_cell_seconds))
-            row["batches"][str(batch)] = {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-                                          "calls": len(ms), "images_per_s": batch / float(np.median(ms)) * 1000,
-                                          "rel_err_vs_cpu_fp32": error, "numerics_ok": error <= TOLERANCE[precision]}
-        rows[label] = row
-    return {"model": name, "precision": precision, "engines": rows}
-
-
-def _profile(name: str, export: dict[str, Any], cfg: BenchConfig, device: str,
-             torch_device: str | None) -> dict[str, Any]:
-    """``torch.profiler`` over ``PROFILE_CALLS`` calls of the fp16 engines at the target batch sizes."""
-    from export.sources import untrained
-    from export.verify import random_inputs
-    from bench.gpu.profiling import profile_calls
-
-    source = untrained(name)
-    x8 = random_inputs(source.card, REFERENCE_IMAGES, seed=cfg.seed)
-    runs: dict[str, Any] = {}
-    wanted = [k for k in ("ort_fp16", "ort_fp16_graph", BASELINE) if k in cfg.variants]
-    model = torch_model(source.model, torch_device, "fp16", True) if torch_device and BASELINE in wanted else None
-    calls = PROFILE_CALLS if device == "cuda" else 3  # PyTorch fp16 on a CPU takes ~0.5 s a call
-    for batch in [b for b in TARGET_BATCHES if b in cfg.batches] or cfg.batches[:2]:
-        x = np.ascontiguousarray(np.resize(x8, (batch, *x8.shape[1:])))
-        runners: dict[str, Callable[[], Any]] = {
-            "ort_fp16": lambda: OrtRunner(ort_session(Path(export["files"]["fp16"]), device), x, device)}
-        if device == "cuda":
-            runners["ort_fp16_graph"] = lambda: OrtRunner(
-                ort_session(Path(export["files"]["fp16"]), device, graph=True), x, device)
-        if model is not None:
-            runners[BASELINE] = lambda: TorchRunner(model, x, torch_device, True)
-        for key, make in runners.items():
-            if key in wanted:
-                runs[f"{key}@{batch}"] = {"variant": key, "batch": batch,
-                                          **profile_calls(make(), calls, cuda=device == "cuda")}
-    return {"model": name, "calls": calls, "runs": runs}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, argv)
 
@@ -349,14 +295,15 @@ def _main(argv: Sequence[str] | None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m bench.gpu.engine_bench", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, engine_bench.png")
-    p.add_argument("--models", help=f"comma-separated ImageNet ResNets (default {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--models", help="comma-separated ImageNet ResNets and Fashion-MNIST nets with a committed "
+                   f"checkpoint (default {','.join(DEFAULT_MODELS + DEFAULT_FAMILY)})")
     p.add_argument("--batches", type=int_list, help="comma-separated batch sizes (default 1,8,64,256)")
     p.add_argument("--repeats", type=int, help="timed calls per cell (default 30)")
     p.add_argument("--warmup", type=int, help="untimed calls before them (default 5)")
     p.add_argument("--max-cell-seconds", type=float, default=1.5,
                    help="fewer timed calls (at least 10) where --repeats would take longer")
     p.add_argument("--deadline-s", type=float, default=0, help="wall-clock budget of the whole run (0: none)")
-    p.add_argument("--dry-run", action="store_true", help="CPU provider, resnet18, batches 1,2, 3 calls; "
+    p.add_argument("--dry-run", action="store_true", help="CPU provider, resnet18 and resnet20, batches 1,2, 3 calls; "
                    "CUDA-only variants recorded as skipped")
     p.add_argument("--onnx-dir", type=Path, help="where the ONNX files go (reused when present); default: temporary")
     p.add_argument("--register", action="store_true", help="also register the exports in the BentoML store")
@@ -365,6 +312,8 @@ def _main(argv: Sequence[str] | None) -> int:
                    help="time service.engine.OnnxEngine with its CUDA graph / NHWC options")
     p.add_argument("--profile-model", default="resnet50", help="the model for the engine check and the profile")
     p.add_argument("--variants", help="comma-separated subset of: " + ", ".join(VARIANTS) + " (default: all)")
+    p.add_argument("--family-variants", default=",".join(FAMILY_VARIANTS),
+                   help="those of --variants the Fashion-MNIST nets run (default: %(default)s)")
     p.add_argument("--report-only", action="store_true", help="rewrite report.md and the plot from OUT/results.json")
     args = p.parse_args(argv)
     ensure_writable_dir(args.out)
@@ -372,8 +321,8 @@ def _main(argv: Sequence[str] | None) -> int:
         for path in write_outputs(load_results(args.out / "results.json"), args.out):
             log.info("wrote %s", path)
         return 0
-    base = DRY_RUN if args.dry_run else {"models": list(DEFAULT_MODELS), "batches": list(DEFAULT_BATCHES),
-                                         "repeats": 30, "warmup": 5}
+    base = DRY_RUN if args.dry_run else {"models": [*DEFAULT_MODELS, *DEFAULT_FAMILY],
+                                         "batches": list(DEFAULT_BATCHES), "repeats": 30, "warmup": 5}
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else base["models"]
     cfg = BenchConfig(models=list(dict.fromkeys(models)), batches=args.batches or base["batches"],
                       repeats=args.repeats or base["repeats"],
@@ -381,10 +330,10 @@ def _main(argv: Sequence[str] | None) -> int:
                       max_cell_seconds=args.max_cell_seconds, deadline_s=args.deadline_s or None,
                       dry_run=args.dry_run, onnx_dir=args.onnx_dir, register=args.register, profile=args.profile,
                       engine_check=args.engine_check, profile_model=args.profile_model,
-                      variants=[v.strip() for v in args.variants.split(",") if v.strip()] if args.variants
-                      else list(VARIANTS))
+                      variants=_names(args.variants) if args.variants else list(VARIANTS),
+                      family_variants=_names(args.family_variants))
     environment.check_models(cfg.models)
-    unknown = [v for v in cfg.variants if v not in VARIANTS]
+    unknown = [v for v in cfg.variants + cfg.family_variants if v not in VARIANTS]
     if unknown or not cfg.variants:
         raise UserError(f"unknown variant {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
     if cfg.repeats < 1 or cfg.warmup < 0 or cfg.max_cell_seconds <= 0:
@@ -403,6 +352,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if cfg.dry_run:
         log.info("CPU DRY RUN: these are CPU figures of a rehearsal, not GPU measurements")
     return 130 if results.get("interrupted") else 0
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 if __name__ == "__main__":

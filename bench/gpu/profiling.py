@@ -9,12 +9,14 @@ call that keeps the GPU busy is bound by the kernels, whose top entries are list
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 TOP = 6
+PROFILE_CALLS = 20
 
 
 def _number(event: Any, *names: str) -> float:
@@ -57,3 +59,32 @@ def profile_calls(fn: Callable[[], Any], calls: int, cuda: bool) -> dict[str, An
     if not ranked:
         summary["note"] = "the profiler recorded no events for this runner"
     return summary
+
+
+def profile_engines(name: str, export: dict[str, Any], batches: Sequence[int], variants: Sequence[str], device: str,
+                    torch_device: str | None, seed: int = 0) -> dict[str, Any]:
+    """``profile_calls`` over ``PROFILE_CALLS`` calls of the fp16 engines (of ``variants``: onnxruntime
+    plain and with a CUDA graph, PyTorch eager channels-last) at each of ``batches``."""
+    from bench.gpu.environment import bench_source
+    from bench.gpu.runners import BASELINE, REFERENCE_IMAGES, OrtRunner, TorchRunner, ort_session, torch_model
+    from export.verify import random_inputs
+
+    source = bench_source(name)
+    x8 = random_inputs(source.card, REFERENCE_IMAGES, seed=seed)
+    fp16 = Path(export["files"]["fp16"])
+    runs: dict[str, Any] = {}
+    wanted = [k for k in ("ort_fp16", "ort_fp16_graph", BASELINE) if k in variants]
+    model = torch_model(source.model, torch_device, "fp16", True) if torch_device and BASELINE in wanted else None
+    calls = PROFILE_CALLS if device == "cuda" else 3  # PyTorch fp16 on a CPU takes ~0.5 s a call
+    for batch in batches:
+        x = np.ascontiguousarray(np.resize(x8, (batch, *x8.shape[1:])))
+        runners: dict[str, Callable[[], Any]] = {"ort_fp16": lambda: OrtRunner(ort_session(fp16, device), x, device)}
+        if device == "cuda":
+            runners["ort_fp16_graph"] = lambda: OrtRunner(ort_session(fp16, device, graph=True), x, device)
+        if model is not None:
+            runners[BASELINE] = lambda: TorchRunner(model, x, torch_device, True)
+        for key, make in runners.items():
+            if key in wanted:
+                runs[f"{key}@{batch}"] = {"variant": key, "batch": batch,
+                                          **profile_calls(make(), calls, cuda=device == "cuda")}
+    return {"model": name, "calls": calls, "runs": runs}

@@ -1,13 +1,14 @@
-"""bench.gpu: target verdicts, the summary, and the engine bench's CPU dry run end to end."""
+"""bench.gpu: target verdicts, the summary, the variants, and the engine bench's CPU dry run end to end."""
+import dataclasses
 import json
 import time
 
 import pytest
 
 from bench.gpu import environment
-from bench.gpu.bench_report import evaluate_targets, target_summary
-from bench.gpu.engine_bench import _guarded, main
-from bench.gpu.runners import BASELINE, VARIANTS, time_calls
+from bench.gpu.bench_report import evaluate_targets, peak_share, target_summary
+from bench.gpu.engine_bench import BenchConfig, _guarded, main
+from bench.gpu.runners import BASELINE, FAMILY_VARIANTS, VARIANTS, ort_session, time_calls
 from bench.gpu.summary import summarize
 
 
@@ -18,7 +19,7 @@ def _ok(ms, batch, device="cuda", numerics_ok=True):
 
 def _results(cells_by_model):
     return {"machine": {"card": "test card"}, "models": {
-        name: {"depth": 18, "batches": {str(b): cells for b, cells in batches.items()}}
+        name: {"depth": 18, "gflops_per_image": 8.2, "batches": {str(b): cells for b, cells in batches.items()}}
         for name, batches in cells_by_model.items()}}
 
 
@@ -40,17 +41,30 @@ def test_targets_take_the_fastest_fp16_output_that_passed_numerics():
     assert missed["margin_pct"] == pytest.approx(100 * (1.1 / 1.2 - 1)) and missed["ort_ms_needed"] == pytest.approx(11 / 1.2)
     assert rows[(1, "resnet18")]["verdict"] == "missed" and rows[(1, "resnet18")]["ratio"] == pytest.approx(2.0)
     assert rows[(1, "resnet50")]["verdict"].startswith("not measured: failed")
-    lines = target_summary(list(rows.values()))
-    assert "batch 64: **missed** (1 of 2 depths met, 2 judged)" in lines[0]
-    assert "batch 1: **missed** (0 of 2 depths met, 1 judged)" in lines[1]
+    assert rows[(256, "resnet50")]["verdict"] == "not measured: batch 256 not in this run"
+    lines = target_summary(list(rows.values()))  # judged on resnet50, every depth counted beside it
+    assert lines[0].endswith("batch 64, resnet50: **missed** (1.10x, -8%); every depth: 1 of 2 met, 2 judged")
+    assert "batch 256, resnet50: **not measured** (batch 256 not in this run); every depth: 0 of 2 met" in lines[1]
+    assert "batch 1, resnet50: **not measured** (failed: RuntimeError: x); every depth: 0 of 2 met, 1 judged" in lines[2]
 
 
 def test_cpu_figures_are_never_judged():
     results = _results({"resnet18": {1: {BASELINE: _ok(3.0, 1, device="cpu"), "ort_fp16": _ok(0.1, 1, device="cpu")}}})
     rows = evaluate_targets(results)
     assert [r["verdict"] for r in rows] == ["not measured: batch 64 not in this run",
+                                            "not measured: batch 256 not in this run",
                                             "not evaluated: no CUDA figures (CPU dry run)"]
-    assert "**not evaluated**" in target_summary(rows)[1]
+    assert "resnet50 not in this run" in target_summary(rows)[2]
+    assert peak_share(results, "resnet18") is None  # CPU figures are no share of a card's peak
+
+
+def test_peak_share_of_the_fastest_cuda_figure_that_passed_numerics():
+    results = _results({"resnet50": {64: {"ort_fp16": _ok(2.0, 64), "ort_fp16_graph": _ok(1.0, 64, numerics_ok=False)},
+                                     256: {"ort_fp16_nhwc": _ok(6.4, 256), BASELINE: _ok(3.0, 256, device="cpu")}}})
+    share = peak_share(results, "resnet50")
+    assert (share["variant"], share["batch"]) == ("ort_fp16_nhwc", 256) and share["images_per_s"] == pytest.approx(40000)
+    assert share["ceiling_images_per_s"] == pytest.approx(989e3 / 8.2)  # ~120,600 images/s
+    assert share["share"] == pytest.approx(40000 * 8.2 / 989e3) and share["achieved_tflops"] == pytest.approx(328)
 
 
 def test_time_calls_counts():
@@ -62,26 +76,37 @@ def test_time_calls_counts():
 
 
 def test_variants():
-    assert len(VARIANTS) == 10 and VARIANTS[BASELINE].runtime == "torch" and VARIANTS[BASELINE].nhwc
+    assert len(VARIANTS) == 14 and VARIANTS[BASELINE].runtime == "torch" and VARIANTS[BASELINE].nhwc
+    assert next(iter(VARIANTS)) == BASELINE  # first within each batch: a target needs it
     assert sorted(k for k, v in VARIANTS.items() if v.cuda_only) == sorted(
-        f"ort_{p}_{o}" for p in ("fp16", "fp32") for o in ("nhwc", "graph", "nhwc_graph"))
+        [f"ort_{p}_{o}" for p in ("fp16", "fp32") for o in ("nhwc", "graph", "nhwc_graph")]
+        + [f"ort_fp16{o}_ws0" for o in ("", "_nhwc", "_graph", "_nhwc_graph")])
+    assert VARIANTS["ort_fp16_nhwc_graph_ws0"].label == "ORT fp16 NHWC + CUDA graph, max workspace off"
+    assert {VARIANTS[k].workspace for k in VARIANTS} == {None, 0} and set(FAMILY_VARIANTS) <= set(VARIANTS)
+    cfg = BenchConfig(variants=["ort_fp16", "ort_fp16_nhwc", BASELINE])
+    assert cfg.variants_for("resnet50") == ["ort_fp16", "ort_fp16_nhwc", BASELINE]
+    assert cfg.variants_for("plain56") == ["ort_fp16", BASELINE]  # the family: FAMILY_VARIANTS only
 
 
-def test_summary_judges_the_service_targets(tmp_path):
-    sweep = {"runs": [
-        {"model": "resnet50-imagenet", "mode": "closed", "users": 1, "mean_batch_size": 1.0,
-         "stats": {"classify": {"requests_per_s": 200.0, "p50_ms": 4.0, "p99_ms": 6.0, "failures": 0}}},
-        {"model": "resnet50-imagenet", "mode": "closed", "users": 32, "mean_batch_size": 20.0,
-         "stats": {"classify": {"requests_per_s": 3100.0, "p50_ms": 9.0, "p99_ms": 120.0, "failures": 0}}}],
-        "engine": {"fp16": {"resnet50-imagenet": {"1": {"p50_ms": 1.5}}}},
-        "models": {"resnet50-imagenet": {"provider": "CUDAExecutionProvider"}}}
-    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
-    (tmp_path / "stages.tsv").write_text("engine\tok\t200\nsweep\tfailed (exit 1)\t90\n")
-    text = summarize(tmp_path / "stages.tsv", tmp_path / "missing.json", tmp_path / "sweep.json")
-    assert "| sweep | failed (exit 1) | 90 |" in text and "engine: no results.json" in text
-    assert "best 3100 images/s at p99 120.0 ms with 32 users" in text and "**missed**" in text  # p99 over 100 ms
-    assert "| resnet50-imagenet | CUDAExecutionProvider | 32 | 3100.0 | 9.0 | 120.0 | 0 | 20.0 |" in text
-    assert "p50 4.0 ms, engine batch 1 1.50 ms" in text and "+2.5 ms over; target <= +3 ms: **met**" in text
+def test_workspace_option_reaches_the_cuda_provider(monkeypatch, tmp_path):
+    """ort_session's CUDA provider options: the service's, plus cudnn_conv_use_max_workspace when set."""
+    import bench.gpu.runners as runners
+
+    seen = []
+
+    class Session:
+        def __init__(self, path, so, providers):
+            seen.append(providers)
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider"]
+
+    monkeypatch.setattr(runners.ort, "InferenceSession", Session)
+    ort_session(tmp_path / "m.onnx", "cuda", workspace=0)
+    ort_session(tmp_path / "m.onnx", "cuda", nhwc=True, graph=True)
+    assert seen[0][0][1]["cudnn_conv_use_max_workspace"] == "0"
+    assert "cudnn_conv_use_max_workspace" not in seen[1][0][1]  # the provider's default (1)
+    assert seen[1][0][1]["prefer_nhwc"] == "1" and seen[1][0][1]["enable_cuda_graph"] == "1"
 
 
 def test_refuses_to_run_on_a_machine_without_cuda_unless_dry(tmp_path, capsys):
@@ -92,9 +117,34 @@ def test_refuses_to_run_on_a_machine_without_cuda_unless_dry(tmp_path, capsys):
     assert not (tmp_path / "results.json").exists()
 
 
-def test_only_imagenet_resnets(tmp_path, capsys):
-    assert main(["--dry-run", "--out", str(tmp_path), "--models", "resnet20"]) == 2
-    assert "ImageNet ResNets" in capsys.readouterr().err
+def test_a_family_net_whose_fp16_fails_verification_is_exported_in_fp32(monkeypatch, tmp_path):
+    """resnet110-fmnist's fp16 file fails its gate (docs/decisions/009): its fp32 cells still run."""
+    from export.verify import VerificationError
+
+    asked = []
+
+    def export(name, precisions, onnx_dir, register):
+        asked.append(list(precisions))
+        if "fp16" in precisions:
+            raise VerificationError("resnet110-fmnist.fp16.onnx: relative error 7.45e-03 on random inputs")
+        card = dataclasses.replace(environment.bench_source(name).card, verification={"rel_error_random": 1e-7})
+        return {"fp32": tmp_path / "x.fp32.onnx"}, {"fp32": card}, None
+
+    monkeypatch.setattr(environment, "_export", export)
+    monkeypatch.setattr(environment, "_reusable", lambda name, files: None)
+    row = environment.export_one("resnet110", tmp_path, register=False)
+    assert asked == [["fp32", "fp16"], ["fp32"]] and row["status"] == "ok" and list(row["files"]) == ["fp32"]
+    assert row["missing"] == {"fp16": "fp16 export failed its verification: resnet110-fmnist.fp16.onnx: "
+                                      "relative error 7.45e-03 on random inputs"}
+    asked.clear()
+    assert environment.export_one("resnet50", tmp_path, register=False)["status"].startswith("failed: Verification")
+    assert asked == [["fp32", "fp16"]]  # an ImageNet export is never half done
+
+
+def test_family_nets_need_a_committed_checkpoint(tmp_path, capsys):
+    assert main(["--dry-run", "--out", str(tmp_path), "--models", "resnet18,plain110"]) == 2
+    assert "plain110: no committed checkpoint" in capsys.readouterr().err
+    environment.check_models(["resnet50", "resnet110", "plain56"])  # committed: accepted
 
 
 def test_past_its_deadline_a_stage_is_skipped_not_run():
@@ -109,13 +159,14 @@ def test_unknown_variant(tmp_path, capsys):
     assert "unknown variant ort_int8" in capsys.readouterr().err
 
 
-DRY_VARIANTS = ["ort_fp32", "ort_fp16", "ort_fp16_nhwc", "ort_fp16_graph", BASELINE, "torch_fp32"]
+DRY_VARIANTS = ["ort_fp32", "ort_fp16", "ort_fp16_nhwc", "ort_fp16_graph", "ort_fp16_ws0", BASELINE, "torch_fp32"]
 
 
 @pytest.mark.slow
 def test_dry_run_end_to_end(tmp_path):
     """resnet18 exported and verified, timed on the CPU provider; CUDA-only variants skipped, no
-    figure claims CUDA, no target is judged, and every report says it is a CPU dry run (~30 s)."""
+    figure claims CUDA, no target is judged, and every report says it is a CPU dry run; the family
+    net resnet20 from its committed checkpoint at 28x28, at the family's variants (~30 s)."""
     out = tmp_path / "out"
     assert main(["--dry-run", "--out", str(out), "--onnx-dir", str(tmp_path / "onnx"), "--batches", "1",
                  "--repeats", "2", "--warmup", "0", "--variants", ",".join(DRY_VARIANTS)]) == 0
@@ -143,7 +194,13 @@ def test_dry_run_end_to_end(tmp_path):
     assert "CPU DRY RUN" in report and "skipped: " in report and "ORT fp32 NHWC" not in report  # not selected
     assert (out / "engine_bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {p.name for p in (tmp_path / "onnx").iterdir()} >= {"resnet18-imagenet.fp32.onnx",
-                                                                 "resnet18-imagenet.fp16.onnx"}
+                                                                 "resnet18-imagenet.fp16.onnx",
+                                                                 "resnet20-fmnist.fp16.onnx"}
+    family = results["models"]["resnet20"]
+    assert family["served"] == "resnet20-fmnist" and family["input_shape"] == [1, 28, 28]
+    assert sorted(family["batches"]["1"]) == sorted(set(DRY_VARIANTS) & set(FAMILY_VARIANTS))
+    assert family["batches"]["1"]["ort_fp16"]["numerics_ok"] and family["gflops_per_image"] == pytest.approx(0.062, 0.01)
+    assert results["exports"]["resnet20"]["how"] == "exported" and "## resnet20-fmnist (28x28" in report
 
 
 def test_report_and_plot_of_cuda_results(tmp_path):
@@ -204,5 +261,4 @@ def test_summary_reads_a_stopped_sweeps_locust_csvs(tmp_path):
     (raw / "resnet50-imagenet_closed_u8_stats_history.csv").write_text(head)  # not a stats file
     text = summarize(None, None, tmp_path / "results.json", dry_run=True, sweep_raw=tmp_path / "raw")
     assert "CPU DRY RUN" in text and "read back from the raw Locust CSVs" in text
-    assert "| resnet50-imagenet | ? | 8 | 30.5 | 210.0 | 480.0 | 3 | – |" in text
-    assert "best 30 images/s at p99 480.0 ms with 8 users" in text
+    assert "| resnet50-imagenet | ? | closed | 8 | 30.5 | 210.0 | – | 480.0 | 3 | – |" in text
