@@ -145,6 +145,11 @@ class ProcessTreeSampler:
         me = psutil.Process().cpu_times()
         return used, me.user + me.system, machine_cpu()
 
+    def cpu_since_last(self) -> tuple[float, float, tuple[float, float, float]]:
+        """(CPU seconds the server's tree used since the last call, this process's total, machine
+        counters), for a caller that samples at its own moments instead of in the thread."""
+        return self._cpu_seconds(self._tree())
+
     def _run(self) -> None:
         _, mine, machine = self._cpu_seconds(self._tree())
         last = time.monotonic()

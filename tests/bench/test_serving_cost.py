@@ -1,0 +1,81 @@
+"""bench.serving_cost (issue 16): the answer check and the goals on values, and the whole benchmark at
+tiny settings against the three real servers."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.aio_http import Outcome
+from bench.serving_cost.measure import Load, answered_right
+from bench.serving_cost.report import BARE, NAIVE, SERVICE, goals
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _answer(*classes: int) -> bytes:
+    return json.dumps({"results": [{"predictions": [{"class_index": c}]} for c in classes]}).encode()
+
+
+def test_only_a_200_naming_the_label_for_every_image_counts():
+    load = Load("/classify_batch", b"", 3, lambda a: [r["predictions"][0]["class_index"] for r in a["results"]])
+    assert answered_right(Outcome(0, 0.01, 200, body=_answer(9, 9, 9)), load, 9)
+    assert not answered_right(Outcome(0, 0.01, 200, body=_answer(9, 7, 9)), load, 9)  # one wrong image
+    assert not answered_right(Outcome(0, 0.01, 200, body=_answer(9, 9)), load, 9)  # one missing
+    assert not answered_right(Outcome(0, 0.01, 503, body=_answer(9, 9, 9)), load, 9)
+    assert not answered_right(Outcome(0, 0.01, 200, body=b"<html>"), load, 9)
+
+
+def _run(path: str, clients: int, **values: float) -> dict:
+    return {"path": path, "clients": clients, **values}
+
+
+def test_goals_are_ratios_against_their_limits():
+    results = {"servers": {
+        SERVICE: {"runs": [_run("/classify", 16, cpu_ms_per_request=2.0, cpu_ms_per_image=2.0, requests_per_s=500.0),
+                           _run("/classify", 1, p50_ms=3.0),
+                           _run("/classify_batch", 16, cpu_ms_per_image=0.5)]},
+        NAIVE: {"runs": [_run("/classify", 16, cpu_ms_per_request=5.0, requests_per_s=200.0),
+                         _run("/classify", 1, p50_ms=4.0)]},
+        BARE: {"runs": [_run("/classify", 16, cpu_ms_per_request=1.0)]}}}
+    g = goals(results)["goals"]
+    assert g["CPU/request vs naive"]["ratio"] == 0.4 and g["CPU/request vs naive"]["status"] == "met"
+    assert g["CPU/request vs bare"]["status"] == "missed" and g["CPU/request vs bare"]["by"] == pytest.approx(0.7)
+    assert g["1-client p50 vs naive"]["status"] == "missed" and g["1-client p50 vs naive"]["ratio"] == 0.75
+    assert g["throughput vs naive"]["status"] == "met" and g["throughput vs naive"]["ratio"] == 2.5
+    assert g["batch CPU/image vs /classify"]["ratio"] == 0.25
+    del results["servers"][BARE]
+    assert goals(results)["goals"]["CPU/request vs bare"]["status"] == "not measured"
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_tiny_benchmark_drives_all_three_servers_and_each_answers_right(tmp_path):
+    """``python -m bench.serving_cost.measure --duration 1 --clients 1`` end to end (exporting the default
+    model into the tests' store if needed): every server answered, and only with the right class."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.serving_cost.measure", "--duration", "1", "--clients", "1", "--warmup", "0",
+         "--out", str(tmp_path)], cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["servers"]) == [SERVICE, NAIVE, BARE]
+    runs = {(server, r["path"]): r for server, d in results["servers"].items() for r in d["runs"]}
+    assert set(runs) == {(SERVICE, "/classify"), (SERVICE, "/classify_batch"), (NAIVE, "/classify"),
+                         (BARE, "/classify")}
+    for key, r in runs.items():
+        assert r["clients"] == 1 and r["answered_right"] > 0 and r["not_right"] == 0, (key, r["by_status"])
+        assert r["answered_right"] == r["requests"] and r["server_cpu_s"] > 0
+        assert r["p50_ms"] <= r["p99_ms"] and r["cpu_ms_per_image"] * r["images_per_request"] == pytest.approx(
+            r["cpu_ms_per_request"])
+    assert runs[(SERVICE, "/classify_batch")]["images_per_request"] == 16
+    assert results["settings"]["image"]["class"] == "Ankle boot" and results["settings"]["tag"].startswith(
+        "resnet20-fmnist:")
+    assert results["goals"]["goals"]["1-client p50 vs naive"]["status"] in ("met", "missed")
+    assert results["goals"]["goals"]["CPU/request vs naive"]["status"] == "not measured"  # no 16 clients
+    report = (tmp_path / "report.md").read_text()
+    assert "| bare ASGI | `/classify` | 1 |" in report and "--duration 1 --clients 1" in report
+    assert (tmp_path / "serving_cost.png").read_bytes()[:4] == b"\x89PNG"
