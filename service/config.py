@@ -16,6 +16,8 @@
 | RESNET_MAX_IMAGE_BYTES | 10485760 | largest accepted upload, per image |
 | RESNET_MAX_PIXELS | 40000000 | largest accepted width x height |
 | RESNET_MAX_BODY_BYTES | 33554432 | largest request body (413 above it) |
+| RESNET_MAX_HEADER_BYTES | 16384 | largest request header block, all fields together (431 above it) |
+| RESNET_MAX_HEADERS | 100 | most request header fields (431 above it) |
 | RESNET_MAX_BATCH_IMAGES | 16 | most images in one /classify_batch request |
 | RESNET_MAX_TOP_K | 100 | largest top_k (and never more than the model's classes) |
 | RESNET_CUDA_GRAPHS | off | on = one captured CUDA graph per batch bucket (CUDA provider only; off until measured) |
@@ -157,6 +159,8 @@ class ServiceConfig:
     engine_spin: bool = False
     admit_target_ms: int = 0
     admit_wait_ms: int = 250
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
     versions: tuple[tuple[str, str], ...] = ()  # (name, store version) pinned in RESNET_MODELS
     model_batching: tuple[tuple[str, BatchSettings], ...] = ()  # RESNET_MODEL_SETTINGS over the two defaults
 
@@ -204,6 +208,8 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
         max_image_bytes=_int(env, "RESNET_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
         max_pixels=_int(env, "RESNET_MAX_PIXELS", 40_000_000),
         max_body_bytes=_int(env, "RESNET_MAX_BODY_BYTES", 32 * 1024 * 1024),
+        max_header_bytes=_int(env, "RESNET_MAX_HEADER_BYTES", 16 * 1024),
+        max_headers=_int(env, "RESNET_MAX_HEADERS", 100),
         max_batch_images=_int(env, "RESNET_MAX_BATCH_IMAGES", 16),
         max_top_k=_int(env, "RESNET_MAX_TOP_K", 100),
         cuda_graphs=_choice(env, "RESNET_CUDA_GRAPHS", "off", ("on", "off")) == "on",

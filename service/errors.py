@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 STATUS = {
     # the request itself (service/guard.py)
-    "body_too_large": 413, "body_timeout": 408, "not_multipart": 415, "bad_multipart": 400,
+    "headers_too_large": 431, "body_too_large": 413, "body_timeout": 408, "not_multipart": 415, "bad_multipart": 400,
     "unknown_field": 400, "missing_field": 400, "not_a_file": 400, "duplicate_field": 400,
     "bad_field": 400, "bad_filename": 400,
     # its fields (service/service.py)

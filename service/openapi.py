@@ -36,7 +36,7 @@ FORM = ("body_too_large", "body_timeout", "overloaded", "not_multipart", "bad_mu
         "missing_field", "not_a_file", "duplicate_field", "bad_field", "bad_filename")  # service/guard.py
 IMAGE = typing.get_args(RejectCode)  # service/preprocess.py (and service.py's own too_large)
 ENGINE = ("overloaded", "engine_unavailable")  # its queue is full, or it cannot be reached
-DEADLINE = ("timeout",)  # service/deadline.py, on every route
+DEADLINE = ("headers_too_large", "timeout")  # service/guard.py and service/deadline.py, on every route
 # BentoML's own refusal of a field's value (``model=123``), reshaped by service/responses.py.
 STATUS_OF = {**STATUS, BENTOML_CODES[400]: 400}
 
@@ -50,6 +50,7 @@ EXAMPLES = {
     "overloaded": "the service is at capacity (4 requests in progress and 4 waiting in this worker); "
                   "retry after 1 s",
     "timeout": "not able to process the request in 60 seconds",
+    "headers_too_large": "request headers of 70012 bytes; at most 16384",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before sending the request again",
                                "schema": {"type": "integer"}}}

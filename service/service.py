@@ -267,6 +267,7 @@ def _guarded(app: Any) -> RequestGuard:
     """The Classifier's app, with the page and Server-Timing, behind RequestGuard, which counts its
     refusals in ``resnet_refused_total`` (they never reach BentoML's request metrics)."""
     return RequestGuard(Page(timing.ServerTiming(app)), max_body_bytes=CONFIG.max_body_bytes,
+                        max_header_bytes=CONFIG.max_header_bytes, max_headers=CONFIG.max_headers,
                         max_files=CONFIG.max_batch_images, max_inflight=CONFIG.max_inflight,
                         admit_target_s=CONFIG.admit_target_ms / 1000, admit_wait_s=CONFIG.admit_wait_ms / 1000,
                         retry_after_s=CONFIG.retry_after_s,

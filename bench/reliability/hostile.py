@@ -190,6 +190,11 @@ def hostile_requests(limits: Limits = Limits()) -> list[Hostile]:
         Hostile("body over the byte limit", "/classify", MULTIPART, image_form(png), 413, ("body_too_large",),
                 declared_length=limits.max_body_bytes + 1),
         Hostile("GET /classify", "/classify", MULTIPART, b"", 405, ("method_not_allowed",), method="GET"),
+        # -- the header block --
+        Hostile("64 kB header", "/classify", MULTIPART, image_form(png), 431, ("headers_too_large",),
+                extra_headers={"x-padding": "a" * 65_536}),
+        Hostile("1000 headers", "/classify", MULTIPART, image_form(png), 431, ("headers_too_large",),
+                extra_headers={f"x-field-{i}": "1" for i in range(1000)}),
     ]
     if len({h.name for h in corpus}) != len(corpus):
         raise ValueError("hostile request names must be unique")
