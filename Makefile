@@ -73,12 +73,12 @@ overload: default-model
 	$(PY) -m bench.reliability.overload
 
 soak: default-model
-	$(PY) -m bench.reliability.soak
+	$(PY) -m bench.reliability.soak --minutes 30
 
 fuzz-long: default-model
 	$(PY) -m bench.reliability.fuzz --examples 1000
 
-# All four, ~15 min.
+# All four, ~40 min.
 reliability: faults overload soak fuzz-long
 
 clean:

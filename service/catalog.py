@@ -35,10 +35,14 @@ class ServedModel:
         return "infer_" + "".join(c if c.isalnum() else "_" for c in self.name)
 
 
-def resolve_precision(config: ServiceConfig) -> str:
+def resolve_precision(config: ServiceConfig, on_cuda: bool | None = None) -> str:
+    """RESNET_PRECISION, or for ``auto`` fp16 where the models will run on CUDA (``on_cuda``; by
+    default whether this machine has a usable CUDA device and RESNET_DEVICE allows it), else fp32."""
     if config.precision != "auto":
         return config.precision
-    return "fp16" if config.device != "cpu" and cuda_usable() else "fp32"
+    if on_cuda is None:
+        on_cuda = config.device != "cpu" and cuda_usable()
+    return "fp16" if on_cuda else "fp32"
 
 
 def resolve_models(config: ServiceConfig, verify_checksums: bool = False) -> list[ServedModel]:

@@ -11,7 +11,8 @@
 | RESNET_MODEL_SETTINGS | {} | per-model overrides of the two above, JSON: `{"resnet110-fmnist": {"max_batch_size": 8, "max_latency_ms": 200}}` |
 | RESNET_BATCHING | on | off = one onnxruntime call per image (for measuring batching on against off) |
 | RESNET_API_WORKERS | cores | processes that decode and preprocess uploads (cores: the CPUs this process may use, taskset or a container's cpuset honoured) |
-| RESNET_ENGINE_THREADS | cores | onnxruntime intra-op threads of the engine process (CPU provider) |
+| RESNET_TOPOLOGY | auto | where the models run: per-worker (every API worker loads them and batches its own requests), shared-engine (one Engine process batches for all workers) or auto (per-worker on the CPU, shared-engine on CUDA); service/topology.py |
+| RESNET_ENGINE_THREADS | auto | onnxruntime intra-op threads per session (CPU provider); auto = cores in the shared engine and for inputs of 96x96 pixels or more; else cores / API workers (at least 1) in each worker |
 | RESNET_ENGINE_SPIN | off | on = onnxruntime's intra-op threads busy-wait between runs (its default), taking CPU from the API workers |
 | RESNET_MAX_IMAGE_BYTES | 10485760 | largest accepted upload, per image |
 | RESNET_MAX_PIXELS | 40000000 | largest accepted width x height |
@@ -74,6 +75,8 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+# Per-worker sessions of models with inputs this large use every core (threads_per_session).
+SPLIT_PIXELS = 96 * 96
 _TAG_PART = re.compile(r"[a-z0-9]([-._a-z0-9]{0,61}[a-z0-9])?")  # BentoML's rule for a tag's name and version
 
 
@@ -143,7 +146,7 @@ class ServiceConfig:
     max_latency_ms: int
     batching: bool
     api_workers: int
-    engine_threads: int
+    engine_threads: int | None  # None: auto (threads_per_session)
     max_image_bytes: int
     max_pixels: int
     max_body_bytes: int
@@ -163,6 +166,8 @@ class ServiceConfig:
     max_headers: int = 100
     versions: tuple[tuple[str, str], ...] = ()  # (name, store version) pinned in RESNET_MODELS
     model_batching: tuple[tuple[str, BatchSettings], ...] = ()  # RESNET_MODEL_SETTINGS over the two defaults
+    topology: str = "auto"  # service/topology.py
+    cores: int = 1  # usable by this process (usable_cores)
 
     @property
     def default_model(self) -> str:
@@ -171,6 +176,17 @@ class ServiceConfig:
     def version(self, name: str) -> str | None:
         """The store version RESNET_MODELS pins for ``name``, or None for the store's latest."""
         return dict(self.versions).get(name)
+
+    def threads_per_session(self, per_worker: bool, input_pixels: int = 0) -> int:
+        """onnxruntime intra-op threads of each session: RESNET_ENGINE_THREADS, else all the cores for
+        the shared engine, and for a worker's session of a model whose input has at least
+        SPLIT_PIXELS pixels (its convolutions are large enough to split: ImageNet's 224x224, not
+        Fashion-MNIST's 28x28), else the worker's share of the cores (docs/decisions/017-serving-path.md)."""
+        if self.engine_threads is not None:
+            return self.engine_threads
+        if not per_worker or input_pixels >= SPLIT_PIXELS:
+            return self.cores
+        return max(1, self.cores // self.api_workers)
 
     def batch_settings(self, name: str) -> BatchSettings:
         """``name``'s batching: its RESNET_MODEL_SETTINGS entry, else the global RESNET_MAX_BATCH_SIZE
@@ -204,7 +220,9 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
         max_latency_ms=batching.max_latency_ms,
         batching=_choice(env, "RESNET_BATCHING", "on", ("on", "off")) == "on",
         api_workers=_int(env, "RESNET_API_WORKERS", cores),
-        engine_threads=_int(env, "RESNET_ENGINE_THREADS", cores),
+        engine_threads=None if (env.get("RESNET_ENGINE_THREADS") or "auto") == "auto" else _int(env, "RESNET_ENGINE_THREADS", cores),
+        topology=_choice(env, "RESNET_TOPOLOGY", "auto", ("auto", "per-worker", "shared-engine")),
+        cores=cores,
         max_image_bytes=_int(env, "RESNET_MAX_IMAGE_BYTES", 10 * 1024 * 1024),
         max_pixels=_int(env, "RESNET_MAX_PIXELS", 40_000_000),
         max_body_bytes=_int(env, "RESNET_MAX_BODY_BYTES", 32 * 1024 * 1024),

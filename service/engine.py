@@ -40,13 +40,20 @@ class EngineOptions:
     # CUDA only (ignored on the CPU provider); off until measured on the GPU (bench/gpu).
     cuda_graphs: bool = False  # one captured CUDA graph per batch bucket, fixed device buffers
     prefer_nhwc: bool = False  # the CUDA provider's NHWC kernels (provider option prefer_nhwc)
+    # Pad each batch to a bucket (bucket_sizes) and slice the answer back: None = on CUDA only, where
+    # it spares cuDNN's algorithm search per new batch size; True also on the CPU (tests, measuring).
+    pad_to_buckets: bool | None = None
 
     @classmethod
-    def from_config(cls, config: ServiceConfig, model: str | None = None) -> EngineOptions:
+    def from_config(cls, config: ServiceConfig, model: str | None = None, per_worker: bool = False,
+                    input_pixels: int = 0) -> EngineOptions:
         """The engine options that the service's settings (``service/config.py``) ask for; with
-        ``model``, its own max batch size (RESNET_MODEL_SETTINGS), which sizes its CUDA buckets."""
+        ``model``, its own max batch size (RESNET_MODEL_SETTINGS), which sizes its CUDA buckets.
+        ``per_worker``: the session of one of several API workers (service/topology.py), and
+        ``input_pixels`` its model's input size, which size its threads (``threads_per_session``)."""
         max_batch = config.batch_settings(model).max_batch_size if model else config.max_batch_size
-        return cls(device=config.device, device_id=config.device_id, threads=config.engine_threads,
+        return cls(device=config.device, device_id=config.device_id,
+                   threads=config.threads_per_session(per_worker, input_pixels),
                    max_batch_size=max_batch, cuda_graphs=config.cuda_graphs,
                    prefer_nhwc=config.prefer_nhwc, spin=config.engine_spin)
 
@@ -71,6 +78,18 @@ def bucket_sizes(max_batch: int) -> list[int]:
         sizes.append(b)
         b *= 2
     return sizes + [max_batch]
+
+
+def pad_to_bucket(images: np.ndarray, buckets: list[int]) -> np.ndarray:
+    """``images`` followed by zero images up to the smallest bucket that holds them (at most the
+    largest bucket; a larger batch is returned as it is)."""
+    n = len(images)
+    if n > buckets[-1]:
+        return images
+    padded = buckets[bisect.bisect_left(buckets, n)]
+    if padded == n:
+        return images
+    return np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
 
 
 class OnnxEngine:
@@ -103,10 +122,15 @@ class OnnxEngine:
         self.provider = self.session.get_providers()[0]
         if want_cuda and self.provider != CUDA:
             log.warning("%s: CUDA was requested but onnxruntime runs it on %s", self.path.name, self.provider)
+            # the session was built for CUDA, with onnxruntime's default threads: rebuilt with ours
+            so.intra_op_num_threads, so.inter_op_num_threads = options.threads, 1
+            self.session = ort.InferenceSession(str(self.path), so, providers=[CPU])
+            self.provider = self.session.get_providers()[0]
         self.on_cuda = self.provider == CUDA
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
-        self.buckets = bucket_sizes(options.max_batch_size) if self.on_cuda else []
+        pad = self.on_cuda if options.pad_to_buckets is None else options.pad_to_buckets
+        self.buckets = bucket_sizes(options.max_batch_size) if pad else []
         self.prefer_nhwc = self.on_cuda and options.prefer_nhwc
         self._graphs: dict[int, _GraphBucket] = {}
         if options.cuda_graphs and self.on_cuda:
@@ -139,18 +163,16 @@ class OnnxEngine:
         """float32 (N, C, H, W) -> float32 logits (N, classes)."""
         n = len(images)
         if self.buckets and n <= self.buckets[-1]:
-            padded = self.buckets[bisect.bisect_left(self.buckets, n)]
-            if padded != n:
-                images = np.concatenate([images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
+            images = pad_to_bucket(images, self.buckets)
             if self._graphs:
-                return self._graphs[padded].run(images)[:n]
+                return self._graphs[len(images)].run(images)[:n]
         if self.on_cuda:
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.input_name, np.ascontiguousarray(images))
             binding.bind_output(self.output_name, "cuda", self.options.device_id)
             self.session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0][:n]
-        return self.session.run([self.output_name], {self.input_name: images})[0]
+        return self.session.run([self.output_name], {self.input_name: images})[0][:n]
 
     def warm_up(self, input_shape: tuple[int, ...]) -> float:
         """Runs every batch size that will be served once (each bucket on CUDA; 1 and the max on

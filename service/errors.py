@@ -25,6 +25,8 @@ STATUS = {
     "truncated": 400, "too_many_pixels": 413, "decompression_bomb": 413,
     # the service, not the request (503s carry Retry-After)
     "overloaded": 503, "engine_unavailable": 503, "timeout": 504,
+    # a bug or a failed model call (logged with its traceback)
+    "internal": 500,
 }
 
 # The code given to an error BentoML answered without one (service/responses.py), by its status,

@@ -9,8 +9,9 @@ before it queues. It wraps BentoML's whole app, middleware included, so that a r
   docs/decisions/003-admission-control.md). The body is read first, so slow uploads hold no slot;
 * each route's form as service/schema.py declares it (multipart, known fields, the file field
   present, files only in it, text fields at most once and of their type), and uploads' filenames
-  that BentoML can put into a temporary file's name (UTF-8, at most 200 bytes, no path or control
-  characters);
+  (UTF-8, at most 200 bytes, no path or control characters). The form is parsed once, in memory
+  (service/multipart.py), and a checked one goes to ``handler`` (service/routes.py), which answers
+  it without BentoML (docs/decisions/017-serving-path.md);
 * every 4xx and 503 leaves as ``{"error": ..., "code": ...}`` (service/responses.py reshapes
   BentoML's own), and every 503 carries ``Retry-After``;
 * a route declared ``also_get`` (``/models``) answers GET; after SIGTERM every response carries
@@ -19,22 +20,25 @@ before it queues. It wraps BentoML's whole app, middleware included, so that a r
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-
-from python_multipart.multipart import parse_options_header
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
 
 from service.admission import AdaptiveLimit, AdmissionGate
 from service.drain import close_when_shutting_down
 from service.errors import STATUS, send_error
+from service.multipart import Form, MalformedForm, parse_form
 from service.responses import ErrorShaper
 from service.schema import ROUTES, Route
 
+# The answer to a checked form: service/routes.py's ClassifyRoutes once the service has started
+# (None before: the form goes on to BentoML).
+FormHandler = Callable[[Route, Form, Any], Awaitable[None]]
+
 MAX_FORM_PARTS = 1000
-MAX_FILENAME_BYTES = 200  # BentoML adds it to a temporary file's name; Linux allows 255 bytes there
+_INTEGER = re.compile(r"[+-]?[0-9]{1,11}")
+MAX_FILENAME_BYTES = 200  # what BentoML could put in a temporary file's name (Linux allows 255 bytes there)
 
 
 class _TooLarge(Exception):
@@ -46,12 +50,13 @@ class _ClientGone(Exception):
 
 
 class RequestGuard:
-    def __init__(self, app: Any, max_body_bytes: int, max_files: int, max_inflight: int = 1 << 30,
+    def __init__(self, app: Any, max_body_bytes: int, max_inflight: int = 1 << 30,
                  max_header_bytes: int = 16 * 1024, max_headers: int = 100,
                  retry_after_s: int = 1, body_timeout_s: float = 30.0, admit_target_s: float = 0.0,
                  admit_wait_s: float = 0.0, on_refuse: Callable[[int, str], None] | None = None,
-                 routes: Mapping[str, Route] = ROUTES) -> None:
-        self.app, self.max_body_bytes, self.max_files, self.routes = app, max_body_bytes, max_files, routes
+                 routes: Mapping[str, Route] = ROUTES, handler: Callable[[], FormHandler | None] = lambda: None) -> None:
+        self.app, self.max_body_bytes, self.routes = app, max_body_bytes, routes
+        self.handler = handler  # who answers a checked form (docs/decisions/017-serving-path.md)
         self.max_header_bytes, self.max_headers = max_header_bytes, max_headers
         self.on_refuse = on_refuse  # counts each refusal (the service feeds a Prometheus counter)
         self.retry_after_s, self.body_timeout_s = retry_after_s, body_timeout_s
@@ -99,10 +104,13 @@ class RequestGuard:
                                       extra=[(b"retry-after", str(self.retry_after_s).encode())])
         admitted = time.monotonic()
         try:
-            problem = await self._check_form(scope, body, route)
-            if problem:
-                return await self._refuse(send, *problem)
-            return await self.app(scope, _replay(body), send)
+            checked = self._check_form(headers.get(b"content-type", b""), body, route)
+            if isinstance(checked, tuple):
+                return await self._refuse(send, *checked)
+            handler = self.handler()
+            if handler is not None:  # parsed once, answered here: BentoML never sees the request
+                return await handler(route, checked, send)
+            return await self.app(scope, replay_body(body), send)
         finally:
             self.gate.leave(time.monotonic() - admitted)
 
@@ -138,80 +146,69 @@ class RequestGuard:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    async def _check_form(self, scope: dict, body: bytes, route: Route) -> tuple[str, str] | None:
-        """The (code, message) of the first way the request's form breaks ``route``'s declaration."""
+    def _check_form(self, content_type: bytes, body: bytes, route: Route) -> Form | tuple[str, str]:
+        """The request's form, or the (code, message) of the first way it breaks ``route``'s declaration."""
         file_field = route.file_field
-        content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
-        if not content_type.lower().startswith("multipart/form-data"):
-            return "not_multipart", f"send multipart/form-data with the image in field '{file_field}' (got {content_type or 'no content type'!r})"
-        request = Request(scope, _replay(body))
+        if not content_type.lower().startswith(b"multipart/form-data"):
+            shown = content_type.decode("latin-1")
+            return "not_multipart", f"send multipart/form-data with the image in field '{file_field}' (got {shown or 'no content type'!r})"
         try:
-            form = await request.form(max_files=self.max_files + 1, max_fields=MAX_FORM_PARTS)
-        except Exception as e:  # malformed multipart: starlette/python-multipart say why
+            form = parse_form(body, content_type, max_parts=MAX_FORM_PARTS)
+        except MalformedForm as e:
             return "bad_multipart", f"malformed multipart body: {str(e)[:200]}"
-        try:
-            names = list(form.keys())
-            unknown = sorted({n for n in names if n not in route.fields})
-            if unknown:
-                shown = ", ".join(repr(n[:40]) for n in unknown[:5])
-                return "unknown_field", f"unknown field(s) {shown}; expected {', '.join(map(repr, route.fields))}"
-            files = form.getlist(file_field)
-            if not files:
-                return "missing_field", f"field '{file_field}' with an image file is required"
-            if not all(isinstance(f, UploadFile) for f in files):
-                return "not_a_file", f"field '{file_field}' must be a file upload"
-            bad_name = _filename_problem(body, content_type)
+        unknown = sorted({n for n in form.names if n not in route.fields})
+        if unknown:
+            shown = ", ".join(repr(n[:40]) for n in unknown[:5])
+            return "unknown_field", f"unknown field(s) {shown}; expected {', '.join(map(repr, route.fields))}"
+        files = form.get_all(file_field)
+        if not files:
+            return "missing_field", f"field '{file_field}' with an image file is required"
+        if not all(f.is_file for f in files):
+            return "not_a_file", f"field '{file_field}' must be a file upload"
+        for part in form.parts:
+            bad_name = _filename_problem(part.filename)
             if bad_name:
                 return "bad_filename", bad_name
-            if len(files) > 1 and not route.repeatable:
-                return "duplicate_field", f"field '{file_field}' given {len(files)} times; send one image (or use /classify_batch)"
-            for name, kind in route.scalars.items():
-                values = form.getlist(name)
-                if len(values) > 1:
-                    return "duplicate_field", f"field '{name}' given {len(values)} times"
-                if values and isinstance(values[0], UploadFile):
-                    return "bad_field", f"field '{name}' must be text, not a file"
-                if values and kind is int and not _is_int(values[0]):
-                    return f"bad_{name}", f"{name} must be an integer, got {str(values[0])[:40]!r}"
-            return None
-        finally:
-            await form.close()
+        if len(files) > 1 and not route.repeatable:
+            return "duplicate_field", f"field '{file_field}' given {len(files)} times; send one image (or use /classify_batch)"
+        for name, kind in route.scalars.items():
+            values = form.get_all(name)
+            if len(values) > 1:
+                return "duplicate_field", f"field '{name}' given {len(values)} times"
+            if values and values[0].is_file:
+                return "bad_field", f"field '{name}' must be text, not a file"
+            if values and kind is int and not _is_int(values[0].text(form.charset)):
+                return f"bad_{name}", f"{name} must be an integer, got {values[0].text(form.charset)[:40]!r}"
+        return form
 
 
-def _filename_problem(body: bytes, content_type: str) -> str | None:
-    """Why a part's filename is refused, read from the raw part headers: once decoded, starlette
-    has turned bytes that are not UTF-8 into Latin-1 text that could also have been sent as is."""
-    boundary = parse_options_header(content_type.encode("latin-1"))[1].get(b"boundary")
-    if not boundary:
+def _filename_problem(raw: bytes | None) -> str | None:
+    """Why a part's filename is refused: names that are not UTF-8, too long, or that hold a path or
+    control characters (uploads are never written under their name, but a client sending one is
+    either broken or probing)."""
+    if raw is None:
         return None
-    for part in body.split(b"--" + boundary)[1:]:
-        for line in part.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() != b"content-disposition":
-                continue
-            params = parse_options_header(value.strip())[1]
-            raw = params.get(b"filename")
-            if raw is None:
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return f"filename {raw[:40]!r} is not UTF-8"
-            if len(raw) > MAX_FILENAME_BYTES:
-                return f"filename of {len(raw)} bytes; at most {MAX_FILENAME_BYTES}"
-            if any(c in text for c in "/\\") or ".." in text:
-                return f"filename {text[:40]!r} holds a path; send the file's name alone"
-            if any(ord(c) < 32 or ord(c) == 127 for c in text):
-                return f"filename {text[:40]!r} holds control characters"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"filename {raw[:40]!r} is not UTF-8"
+    if len(raw) > MAX_FILENAME_BYTES:
+        return f"filename of {len(raw)} bytes; at most {MAX_FILENAME_BYTES}"
+    if any(c in text for c in "/\\") or ".." in text:
+        return f"filename {text[:40]!r} holds a path; send the file's name alone"
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return f"filename {text[:40]!r} holds control characters"
     return None
 
 
 def _is_int(text: str) -> bool:
-    t = text.strip()
-    return t.lstrip("+-").isdigit() and len(t) <= 12
+    """What int() reads and a top_k can be: ASCII digits with at most one sign, 12 characters at most
+    (``str.isdigit`` also takes superscripts, which int() refuses)."""
+    return _INTEGER.fullmatch(text.strip()) is not None
 
 
-def _replay(body: bytes) -> Any:
+def replay_body(body: bytes) -> Any:
+    """An ASGI ``receive`` that gives ``body`` whole, then a disconnect."""
     sent = False
 
     async def receive() -> dict:
@@ -227,4 +224,4 @@ def _replay(body: bytes) -> Any:
 def _as_post_json(scope: dict) -> tuple[dict, Any]:
     headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in (b"content-type", b"content-length")]
     headers += [(b"content-type", b"application/json"), (b"content-length", b"2")]
-    return {**scope, "method": "POST", "headers": headers}, _replay(b"{}")
+    return {**scope, "method": "POST", "headers": headers}, replay_body(b"{}")

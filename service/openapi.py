@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from service.bodies import BatchClassification, Classification, ErrorBody, ModelList, OpenAPI30
-from service.errors import BENTOML_CODES, STATUS
+from service.errors import STATUS
 from service.preprocess import RejectCode
 from service.schema import CLASSIFY, CLASSIFY_BATCH, MODELS, ROUTES, Route
 
@@ -36,9 +36,9 @@ FORM = ("body_too_large", "body_timeout", "overloaded", "not_multipart", "bad_mu
         "missing_field", "not_a_file", "duplicate_field", "bad_field", "bad_filename")  # service/guard.py
 IMAGE = typing.get_args(RejectCode)  # service/preprocess.py (and service.py's own too_large)
 ENGINE = ("overloaded", "engine_unavailable")  # its queue is full, or it cannot be reached
-DEADLINE = ("headers_too_large", "timeout")  # service/guard.py and service/deadline.py, on every route
-# BentoML's own refusal of a field's value (``model=123``), reshaped by service/responses.py.
-STATUS_OF = {**STATUS, BENTOML_CODES[400]: 400}
+DEADLINE = ("headers_too_large", "timeout")  # service/guard.py, service/routes.py and service/deadline.py
+FAILURE = ("internal",)  # service/routes.py: a bug or a failed onnxruntime call, logged
+STATUS_OF = STATUS
 
 # One example per status, worded as the service words it.
 EXAMPLES = {
@@ -62,10 +62,9 @@ def error_codes(route: Route) -> list[str]:
     if route.file_field is None:  # the guard passes it straight to BentoML (GET /models asks the engine)
         return ["engine_unavailable", *DEADLINE]
     codes = [*FORM, *(f"bad_{name}" for name, kind in route.scalars.items() if kind is int)]
-    codes += [BENTOML_CODES[400]] if route.scalars else []
     codes += ["unknown_model"] if "model" in route.scalars else []
     codes += ["no_images", "too_many_images"] if route.repeatable else []
-    return list(dict.fromkeys([*codes, *IMAGE, *ENGINE, *DEADLINE]))
+    return list(dict.fromkeys([*codes, *IMAGE, *ENGINE, *DEADLINE, *FAILURE]))
 
 
 def error_responses(route: Route) -> dict[str, Any]:

@@ -120,7 +120,9 @@ def soak_section(r: dict[str, Any]) -> list[str]:
         *_saturation_after(r),
         f"- resident memory of the process tree: {_mib(s['rss_after_warmup_mib'])} after "
         f"{r['settings']['warmup_seconds']:g} s of warm-up, {_mib(s['rss_end_mib'])} at the end, max "
-        f"{_mib(s['rss_max_mib'])}: growth {s['rss_growth']:+.2%}",
+        f"{_mib(s['rss_max_mib'])}: growth {s['rss_growth']:+.2%}"
+        + (f"; trend after warm-up (least-squares line through every 1-s sample) {s['rss_slope_mib_per_hour']:+.2f} MiB per hour"
+           if s.get("rss_slope_mib_per_hour") is not None else ""),
         "", "| minute | sent | good | p99 | resident memory |", "| --- | --- | --- | --- | --- |",
     ]
     lines += [f"| {m['minute']} | {m['sent']} | {m['ok']} | {_ms(m['p99_ms'])} | {_mib(m['rss_mib'])} |"
@@ -191,7 +193,9 @@ def summary(results: dict[str, dict[str, Any]]) -> list[str]:
         s = results["soak"]["soak"]
         lines.append(f"- **Load held**: {s['rate_per_s']:.1f} requests/s ({results['soak']['settings']['fraction']:.0%} of "
                      f"saturation) for {s['seconds'] / 60:.1f} min: {s['sent']} requests, {s['failed']} failed; resident "
-                     f"memory {s['rss_growth']:+.1%} after warm-up.")
+                     f"memory {s['rss_growth']:+.1%} after warm-up"
+                     + (f", trend {s['rss_slope_mib_per_hour']:+.1f} MiB per hour." if s.get("rss_slope_mib_per_hour") is not None
+                        else "."))
     if "overload" in results:
         o, sat = results["overload"]["overload"], results["overload"]["saturation"]
         lines.append(f"- **Overload**: {o['offered_per_s']:.0f} requests/s offered ({results['overload']['settings']['factor']:g}x "

@@ -16,7 +16,8 @@ memory may not creep.
    report gives the soak's rate as a share of both, since a shared machine's speed drifts.
 
 Pass criteria, recorded with the figures: no failed request; resident memory at the end (mean of
-the last 30 s) less than 5% above its level after ``--warmup-seconds`` (mean of the 30 s after).
+the last 30 s) less than 5% above its level after ``--warmup-seconds`` (mean of the 30 s after), and
+its trend from then on (a least-squares line through every sample) rising less than 5 MiB per hour.
 Per-minute figures show any drift. Writes ``soak.json`` to ``--out`` and rewrites ``report.md``
 there (``bench.reliability.report``). Run it on a quiet machine, one benchmark at a time.
 """
@@ -44,6 +45,7 @@ from bench.reliability.common import (ProcessTreeSampler, classification_ok, fin
 
 log = logging.getLogger(__name__)
 GROWTH_LIMIT = 0.05
+SLOPE_LIMIT_MIB_PER_H = 5.0  # a service that runs for weeks: 5 MiB/h is 0.84 GiB in a week
 WINDOW_S = 30.0  # memory is compared as means over windows this long, not single samples
 
 
@@ -79,6 +81,17 @@ def worst_seconds(outcomes: Sequence[Outcome], cpu: Sequence[dict[str, float]], 
         if after:
             row["cpu_cores"] = {k: round(v, 2) for k, v in after[0].items() if k != "t"}
     return rows[:count]
+
+
+def rss_slope_mib_per_hour(samples: Sequence[tuple[float, int]], start: float) -> float | None:
+    """The least-squares slope of resident memory over the samples from ``start`` on, in MiB per hour:
+    the trend of the whole run after warm-up, not the difference of two noisy moments."""
+    kept = [(t, b) for t, b in samples if t >= start]
+    if len(kept) < 10:
+        return None
+    t = np.asarray([k[0] for k in kept], float)
+    mib = np.asarray([k[1] for k in kept], float) / 2**20
+    return float(np.polyfit(t - t[0], mib, 1)[0] * 3600)
 
 
 def cpu_means(cpu: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -139,12 +152,15 @@ def run_soak(minutes: float = 10.0, fraction: float = 0.7, clients: int = 16, sa
     results["soak"] = {**summary, "rate_per_s": target, "seconds": seconds, "failed": summary["sent"] - summary["ok"],
                        "rss_after_warmup_mib": rss_warm / 2**20, "rss_end_mib": rss_end / 2**20,
                        "rss_max_mib": max(b for _, b in sampler.samples) / 2**20, "rss_growth": rss_end / rss_warm - 1,
+                       "rss_slope_mib_per_hour": rss_slope_mib_per_hour(sampler.samples, t0 + warmup_seconds),
                        "per_minute": per_minute(outcomes, sampler.samples, t0),
                        "cpu_cores_mean": cpu_means(sampler.cpu), "worst_seconds": worst_seconds(outcomes, sampler.cpu, t0),
                        "server_exceptions": server_log["server_exceptions"], "load_generator_cores": generator_cores}
     checks = {"no failed request": results["soak"]["failed"] == 0,
               f"resident memory growth after warm-up under {GROWTH_LIMIT:.0%}": results["soak"]["rss_growth"] < GROWTH_LIMIT,
-              "no exception in the server log": not server_log["server_exceptions"]}
+              "no exception in the server log": not server_log["server_exceptions"],
+              f"resident memory after warm-up rising under {SLOPE_LIMIT_MIB_PER_H:g} MiB per hour":
+                  (results["soak"]["rss_slope_mib_per_hour"] or 0.0) < SLOPE_LIMIT_MIB_PER_H}
     results["criteria"] = {"checks": checks, "all_passed": all(checks.values())}
     return results
 

@@ -13,8 +13,10 @@ server's whole process tree (``/proc``, through psutil) is read before and after
 and divided by the answers that named the right class; a wrong or failed answer counts as none. The
 service is also driven on ``/classify_batch`` with 16 copies of the image per request.
 
-1. **service**: ``bentoml serve service.service:Classifier`` (two Services), fp32 on the CPU provider,
-   every other ``RESNET_*`` setting at its default.
+1. **service**: ``bentoml serve service.service:Classifier``, fp32 on the CPU provider, every other
+   ``RESNET_*`` setting at its default (per-worker models on the CPU); beside it the same with
+   ``RESNET_TOPOLOGY=shared-engine`` and with ``RESNET_BATCHING=off``, and with ``--before`` the
+   service of an earlier checkout (docs/decisions/017-serving-path.md).
 2. **naive BentoML**: ``bench.serving_cost.naive_service``: one Service, PIL + onnxruntime inside a
    batchable API, 2 workers (BentoML's own examples' pattern).
 3. **bare ASGI**: ``bench.serving_cost.bare_asgi`` on uvicorn, 1 worker, no access log.
@@ -49,7 +51,8 @@ from bench.reliability.common import ProcessTreeSampler, percentiles_ms
 from bench.reliability.hostile import MULTIPART, form, image_form, part
 from bench.service_overhead.measure import encode_pngs, service_config
 from bench.serving_cost.model import ONNX_ENV
-from bench.serving_cost.report import BARE, NAIVE, SERVICE, goals, write_outputs
+from bench.serving_cost.threads import measure as model_alone
+from bench.serving_cost.report import BARE, BEFORE, NAIVE, SERVICE, SHARED, UNBATCHED, VARIANT_ENV, goals, write_outputs
 from common.cli import OneLineParser, int_list, run_cli
 from common.errors import UserError
 from common.files import ensure_writable_dir
@@ -59,7 +62,7 @@ from models.default import DEFAULT_MODEL_NAME
 from service.catalog import ModelUnavailable, ServedModel, resolve_models
 
 log = logging.getLogger(__name__)
-SERVERS = (SERVICE, NAIVE, BARE)
+SERVERS = (SERVICE, SHARED, UNBATCHED, NAIVE, BARE)  # and BEFORE with --before
 BATCH_IMAGES = 16  # images per /classify_batch request (the service's RESNET_MAX_BATCH_IMAGES)
 IMAGE_INDEX = 0  # the Fashion-MNIST test image every request sends (an ankle boot)
 
@@ -92,9 +95,11 @@ def _loads(png: bytes) -> dict[str, dict[str, Load]]:
     classify = build_request("/classify", image_form(png, b"image.png"), MULTIPART)
     batch = build_request("/classify_batch", form(*[part("images", png, b"image.png", "image/png")] * BATCH_IMAGES),
                           MULTIPART)
-    return {SERVICE: {"/classify": Load("/classify", classify, 1, lambda a: [a["predictions"][0]["class_index"]]),
+    one = Load("/classify", classify, 1, lambda a: [a["predictions"][0]["class_index"]])
+    return {SERVICE: {"/classify": one,
                       "/classify_batch": Load("/classify_batch", batch, BATCH_IMAGES,
                                               lambda a: [r["predictions"][0]["class_index"] for r in a["results"]])},
+            SHARED: {"/classify": one}, UNBATCHED: {"/classify": one}, BEFORE: {"/classify": one},
             NAIVE: {"/classify": Load("/classify", classify, 1, lambda a: [a[0][0]["class_index"]])},
             BARE: {"/classify": Load("/classify", classify, 1, lambda a: [a["predictions"][0]["class_index"]])}}
 
@@ -122,11 +127,12 @@ def the_onnx_file(model: str) -> ServedModel:
         raise UserError(str(e)) from None
 
 
-def start(server: str, served: ServedModel, log_dir: Path) -> ServeProcess:
+def start(server: str, served: ServedModel, log_dir: Path, before: Path | None = None) -> ServeProcess:
     env = {**os.environ, ONNX_ENV: str(served.onnx_path)}
-    if server == SERVICE:
-        env.update(RESNET_MODELS=served.tag, RESNET_PRECISION="fp32", RESNET_DEVICE="cpu")
-        return ServeProcess(env, log_dir, server)
+    if server in VARIANT_ENV:
+        env.update(RESNET_MODELS=served.tag, RESNET_PRECISION="fp32", RESNET_DEVICE="cpu", **VARIANT_ENV[server])
+        # the earlier service runs from its own checkout, on this environment's packages
+        return ServeProcess(env, log_dir, server, cwd=before if server == BEFORE and before else REPO_ROOT)
     if server == NAIVE:
         return ServeProcess(env, log_dir, server, target="bench.serving_cost.naive_service:NaiveClassifier")
     return UvicornProcess(env, log_dir, server, target="bench.serving_cost.bare_asgi:app")
@@ -181,10 +187,10 @@ def check_answer(server: ServeProcess, load: Load, label: int) -> None:
 
 
 def measure_server(name: str, served: ServedModel, loads: dict[str, Load], label: int, clients: Sequence[int],
-                   seconds: float, warmup: float, log_dir: Path, bar: tqdm) -> dict[str, Any]:
+                   seconds: float, warmup: float, log_dir: Path, bar: tqdm, before: Path | None = None) -> dict[str, Any]:
     """Starts ``name``, checks its answer, measures each load at each client count, and stops it."""
     bar.set_postfix_str(f"{name}: starting")
-    server = start(name, served, log_dir)
+    server = start(name, served, log_dir, before)
     try:
         out: dict[str, Any] = {"ready_seconds": server.wait_ready(), "runs": []}
         for load in loads.values():
@@ -210,10 +216,19 @@ def versions() -> dict[str, str]:
 
 
 def run_bench(model: str = DEFAULT_MODEL_NAME, duration: float = 15.0, clients: Sequence[int] = (1, 16),
-              warmup: float = 3.0, servers: Sequence[str] = SERVERS, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Every server of ``servers`` at every client count; the results dict ``report.write_outputs`` reads."""
+              warmup: float = 3.0, servers: Sequence[str] = SERVERS, argv: Sequence[str] | None = None,
+              before: Path | None = None) -> dict[str, Any]:
+    """Every server of ``servers`` at every client count (and the service of the checkout ``before``);
+    the results dict ``report.write_outputs`` reads."""
     if duration <= 0 or warmup < 0 or not clients or min(clients) < 1:
         raise UserError("need --duration > 0, --warmup >= 0 and client counts >= 1")
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown:
+        raise UserError(f"unknown server(s) {unknown}; choose from {', '.join(SERVERS)}")
+    if before is not None:
+        if not (before / "service" / "service.py").is_file():
+            raise UserError(f"--before {before}: not a checkout of this project (no service/service.py)")
+        servers = [*servers, BEFORE]
     served = the_onnx_file(model)
     pngs, labels = encode_pngs(IMAGE_INDEX + 1)
     png, label = pngs[IMAGE_INDEX], int(labels[IMAGE_INDEX])
@@ -222,22 +237,35 @@ def run_bench(model: str = DEFAULT_MODEL_NAME, duration: float = 15.0, clients: 
     results: dict[str, Any] = {
         "machine": machine_info(), "versions": versions(), "command": command.strip(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "settings": {"model": served.name, "tag": served.tag, "onnx_file": str(served.onnx_path),
+        "settings": {"before": _describe_checkout(before), "model": served.name, "tag": served.tag, "onnx_file": str(served.onnx_path),
                      "duration_s": duration, "warmup_s": warmup, "clients": list(clients),
                      "image": {"fashion_mnist_test_index": IMAGE_INDEX, "label": label,
                                "class": served.card.class_names[label], "png_bytes": len(png)},
                      "batch_images": BATCH_IMAGES},
         "servers": {}}
     started = time.perf_counter()
+    # The model alone (one intra-op thread, as each API worker's session of this model has on the
+    # CPU): the floor of any server's CPU per image.
+    results["model_alone"] = [{"batch": b, **dict(zip(("wall_ms_per_image", "cpu_ms_per_image"),
+                                                      model_alone(served.name, 1, b, min(3.0, duration))))}
+                             for b in (1, BATCH_IMAGES)]
     total = sum(len(loads[s]) for s in servers) * len(clients)
     with tempfile.TemporaryDirectory(prefix="serving-cost-") as tmp, logging_redirect_tqdm():
         bar = tqdm(total=total, desc="serving cost", unit="run", disable=None)
         for name in servers:
             results["servers"][name] = measure_server(name, served, loads[name], label, clients, duration, warmup,
-                                                      Path(tmp), bar)
+                                                      Path(tmp), bar, before)
         bar.close()
     results["wall_seconds"] = time.perf_counter() - started
     return results
+
+
+def _describe_checkout(path: Path | None) -> dict[str, str] | None:
+    """The commit of the ``--before`` checkout, for the report."""
+    if path is None:
+        return None
+    out = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    return {"path": str(path), "commit": out.stdout.strip()[:120] or "unknown (not a git checkout)"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,9 +279,14 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--clients", type=int_list, default=[1, 16], help="comma-separated closed-loop client counts")
     p.add_argument("--warmup", type=float, default=3.0, help="unrecorded seconds of the same load before each")
     p.add_argument("--out", type=Path, default=Path("reports/serving-cost"), help="folder for the report")
+    p.add_argument("--servers", type=lambda t: [s.strip() for s in t.split(",") if s.strip()], default=list(SERVERS),
+                   help=f"comma-separated, from: {', '.join(SERVERS)}")
+    p.add_argument("--before", type=Path, default=None,
+                   help="a checkout of an earlier version of this project: its service is measured too")
     args = p.parse_args(argv)
     ensure_writable_dir(args.out)  # before minutes of measuring, not after
-    results = run_bench(args.model, args.duration, args.clients, args.warmup, argv=argv)
+    results = run_bench(args.model, args.duration, args.clients, args.warmup, args.servers, argv=argv,
+                        before=args.before)
     for path in write_outputs(results, args.out):
         log.info("wrote %s", path)
     for line in goals(results)["summary"]:

@@ -12,6 +12,11 @@ from typing import Any
 
 PLOT_FILE, REPORT_FILE, RESULTS_FILE = "serving_cost.png", "report.md", "results.json"
 SERVICE, NAIVE, BARE = "service", "naive BentoML", "bare ASGI"
+# The service's other set-ups, measured beside it for docs/decisions/017-serving-path.md: the other
+# topology, the in-process batcher off, and the service as it was before (a checkout, --before).
+SHARED, UNBATCHED, BEFORE = "service, shared engine", "service, batching off", "service before"
+VARIANT_ENV = {SERVICE: {}, SHARED: {"RESNET_TOPOLOGY": "shared-engine"}, UNBATCHED: {"RESNET_BATCHING": "off"},
+               BEFORE: {}}
 MANY = 16  # the client count of the goals that are not about one client
 # (name, metric, server, path, against server, against path, clients, kind, limit): the first run's
 # metric over the second's must be <= limit (kind "max") or >= limit ("min").
@@ -67,8 +72,12 @@ def markdown(results: dict[str, Any]) -> str:
         "## How it was measured", "",
         f"- One file for all three: `{s['tag']}` fp32 (`{Path(s['onnx_file']).name}` from the BentoML store), "
         "onnxruntime's CPU provider.",
-        "- **service**: `bentoml serve service.service:Classifier` (API workers + Engine, adaptive batching), "
-        "`RESNET_PRECISION=fp32 RESNET_DEVICE=cpu`, every other setting at its default. **naive BentoML**: "
+        "- **service**: `bentoml serve service.service:Classifier`, `RESNET_PRECISION=fp32 RESNET_DEVICE=cpu`, every "
+        "other setting at its default (each API worker holds the model behind its in-process batcher). **service, "
+        "shared engine**: the same with `RESNET_TOPOLOGY=shared-engine` (one Engine process, BentoML's batchable API). "
+        "**service, batching off**: `RESNET_BATCHING=off`. "
+        + (f"**service before**: `{s['before']['commit']}`, run from its own checkout on the same packages. "
+           if s.get("before") else "") + "**naive BentoML**: "
         "`bench/serving_cost/naive_service.py`, one Service, PIL + onnxruntime in a batchable API, 2 workers. "
         "**bare ASGI**: `bench/serving_cost/bare_asgi.py` on uvicorn, 1 worker, python-multipart, PIL, "
         "onnxruntime at batch 1, JSON, no access log. Both comparison servers share `bench/serving_cost/model.py` "
@@ -92,6 +101,11 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{_f(r['cpu_ms_per_request'])} | {_f(r['cpu_ms_per_image'])} | {_f(r['p50_ms'])} | "
                          f"{_f(r['p99_ms'])} | {_f(r['requests_per_s'], 1)} | {_f(r['images_per_s'], 1)} | "
                          f"{_f(r['server_cores'])} | {_f(r['generator_cores'])} |")
+    if results.get("model_alone"):
+        lines += ["", "The model alone in this process (`python -m bench.serving_cost.threads`' measurement: one "
+                  "intra-op thread, as each API worker's session of it has), the floor of any server's CPU per image: "
+                  + "; ".join(f"batch {r['batch']}: {r['cpu_ms_per_image']:.3f} ms CPU per image"
+                              for r in results["model_alone"]) + "."]
     lines += ["", "## Against issue 16's goals", "",
               "| goal | clients | service | against | ratio | goal | status |", "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for name, g in goals(results)["goals"].items():
@@ -118,7 +132,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         values = [r[metric] or 0.0 for _, r in rows]
         err = [max(0.0, (r["p99_ms"] or 0.0) - (r["p50_ms"] or 0.0)) for _, r in rows] if metric == "p50_ms" else None
         ax.barh(range(len(rows)), values, xerr=None if err is None else [[0] * len(err), err],
-                color=["C0" if "service" in label else "C1" if "naive" in label else "C2" for label in labels])
+                color=["C0" if label.startswith("service\n") else "C3" if "service" in label
+                       else "C1" if "naive" in label else "C2" for label in labels])
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}" if v < 100 else f" {v:.0f}", va="center", fontsize=8)
         ax.set_title(title)

@@ -12,7 +12,7 @@ import pytest
 
 from bench.aio_http import Outcome
 from bench.serving_cost.measure import Load, answered_right
-from bench.serving_cost.report import BARE, NAIVE, SERVICE, goals
+from bench.serving_cost.report import BARE, NAIVE, SERVICE, SHARED, UNBATCHED, goals
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,18 +54,21 @@ def test_goals_are_ratios_against_their_limits():
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_tiny_benchmark_drives_all_three_servers_and_each_answers_right(tmp_path):
+def test_tiny_benchmark_drives_every_server_and_each_answers_right(tmp_path):
     """``python -m bench.serving_cost.measure --duration 1 --clients 1`` end to end (exporting the default
-    model into the tests' store if needed): every server answered, and only with the right class."""
+    model into the tests' store if needed): every server (the service in both topologies and unbatched, the
+    naive BentoML app, the bare ASGI app) answered, and only with the right class."""
     proc = subprocess.run(
         [sys.executable, "-m", "bench.serving_cost.measure", "--duration", "1", "--clients", "1", "--warmup", "0",
          "--out", str(tmp_path)], cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["servers"]) == [SERVICE, NAIVE, BARE]
+    assert list(results["servers"]) == [SERVICE, SHARED, UNBATCHED, NAIVE, BARE]
     runs = {(server, r["path"]): r for server, d in results["servers"].items() for r in d["runs"]}
-    assert set(runs) == {(SERVICE, "/classify"), (SERVICE, "/classify_batch"), (NAIVE, "/classify"),
-                         (BARE, "/classify")}
+    assert set(runs) == {(SERVICE, "/classify"), (SERVICE, "/classify_batch"), (SHARED, "/classify"),
+                         (UNBATCHED, "/classify"), (NAIVE, "/classify"), (BARE, "/classify")}
+    assert [r["batch"] for r in results["model_alone"]] == [1, 16]
+    assert all(r["cpu_ms_per_image"] > 0 for r in results["model_alone"])
     for key, r in runs.items():
         assert r["clients"] == 1 and r["answered_right"] > 0 and r["not_right"] == 0, (key, r["by_status"])
         assert r["answered_right"] == r["requests"] and r["server_cpu_s"] > 0
@@ -78,4 +81,5 @@ def test_tiny_benchmark_drives_all_three_servers_and_each_answers_right(tmp_path
     assert results["goals"]["goals"]["CPU/request vs naive"]["status"] == "not measured"  # no 16 clients
     report = (tmp_path / "report.md").read_text()
     assert "| bare ASGI | `/classify` | 1 |" in report and "--duration 1 --clients 1" in report
+    assert "| service, shared engine | `/classify` | 1 |" in report and "batch 16:" in report
     assert (tmp_path / "serving_cost.png").read_bytes()[:4] == b"\x89PNG"

@@ -65,3 +65,16 @@ def test_the_report_gives_the_soak_rate_as_a_share_of_the_saturation_before_and_
                                       "(no good answer at saturation: {'503': 12})"]
     del run["saturation_after"]  # --rate given, or a run from before it was measured
     assert _saturation_after(run) == []
+
+
+def test_memory_trend_is_the_slope_after_warm_up_in_mib_per_hour():
+    from bench.reliability.soak import rss_slope_mib_per_hour
+
+    mib = 2**20
+    # 100 MiB flat for 2 minutes of warm-up (a big step up within it), then 1 MiB more per minute, with noise
+    warm = [(t, (50 if t < 60 else 100) * mib) for t in range(120)]
+    rising = [(120 + t, int((100 + t / 60 + (0.3 if t % 2 else -0.3)) * mib)) for t in range(1800)]
+    assert abs(rss_slope_mib_per_hour(warm + rising, start=120) - 60.0) < 0.5
+    flat = [(120 + t, 100 * mib + (mib if t % 7 == 0 else 0)) for t in range(1800)]
+    assert abs(rss_slope_mib_per_hour(warm + flat, start=120)) < 0.5
+    assert rss_slope_mib_per_hour(warm, start=120) is None  # nothing after warm-up to fit

@@ -109,43 +109,53 @@ def test_shaper_adds_retry_after_to_a_503_and_passes_200s():
 
 
 @pytest.mark.parametrize("failure,code", [("shed", "overloaded"), ("gone", "engine_unavailable")])
-def test_engine_trouble_becomes_503_with_retry_after(service_module, tmp_path, failure, code):
-    """The engine's adaptive batching sheds with ServiceUnavailable when it predicts a wait over
-    max_latency_ms, and an engine that is restarting refuses connections: either way the client's
-    request was fine, so it gets a 503 it may retry, not a 500."""
+def test_engine_trouble_becomes_503_with_retry_after(service_module, failure, code):
+    """Shared-engine topology: the engine's adaptive batching sheds with ServiceUnavailable when it
+    predicts a wait over max_latency_ms, and an engine that is restarting refuses connections:
+    either way the client's request was fine, so it gets a 503 it may retry, not a 500."""
     import asyncio
     from types import SimpleNamespace
 
     import aiohttp
     from bentoml.exceptions import ServiceUnavailable
 
+    from service.classify import Classify
+    from service.errors import ClientError
+    from service.topology import SharedEngineModels
+
     async def infer(x):
         if failure == "shed":
             raise ServiceUnavailable("process is overloaded")
         raise aiohttp.ServerDisconnectedError()
 
-    svc = service_module.Classifier()
-    svc.engine = SimpleNamespace(to_async=SimpleNamespace(**{service_module.SERVED[0].api_name: infer}))
-    path = tmp_path / "x.png"
-    path.write_bytes(good_png())
-    response = asyncio.run(svc.classify(image=path))
+    engine = SimpleNamespace(to_async=SimpleNamespace(**{service_module.SERVED[0].api_name: infer}))
+    work = Classify(service_module.SERVED, CONFIG, SharedEngineModels(engine, CONFIG))
+    with pytest.raises(ClientError) as e:
+        asyncio.run(work.one(good_png()))
+    response = e.value.response()
     assert response.status_code == 503 and response.headers["retry-after"] == str(CONFIG.retry_after_s)
     assert json.loads(response.body)["code"] == code
 
 
 def test_models_while_the_engine_is_unreachable_is_a_503(service_module):
-    """GET /models asks the engine which provider each model runs on: an engine that is restarting
-    makes it a 503 the client may retry, not a 500."""
+    """GET /models asks the shared engine which provider each model runs on: an engine that is
+    restarting makes it a 503 the client may retry, not a 500."""
     import asyncio
     from types import SimpleNamespace
 
     import aiohttp
 
+    from service.classify import Classify
+    from service.errors import ClientError
+    from service.topology import SharedEngineModels
+
     async def describe():
         raise aiohttp.ClientConnectorError(SimpleNamespace(ssl=None, host="127.0.0.1", port=1), OSError(111, "refused"))
 
-    svc = service_module.Classifier()
-    svc.engine = SimpleNamespace(to_async=SimpleNamespace(describe=describe))
-    response = asyncio.run(svc.models())
+    engine = SimpleNamespace(to_async=SimpleNamespace(describe=describe))
+    work = Classify(service_module.SERVED, CONFIG, SharedEngineModels(engine, CONFIG))
+    with pytest.raises(ClientError) as e:
+        asyncio.run(work.describe())
+    response = e.value.response()
     assert response.status_code == 503 and response.headers["retry-after"] == str(CONFIG.retry_after_s)
     assert json.loads(response.body)["code"] == "engine_unavailable"

@@ -21,7 +21,9 @@ def test_workers_and_threads_default_to_the_cpus_this_process_may_use(sixteen_co
     # under taskset -c 0,1 (or a container's cpuset) on a 16-core host: 2 workers, not 16
     config = load_config()
     assert usable_cores() == 2
-    assert config.api_workers == 2 and config.engine_threads == 2
+    assert config.api_workers == 2 and config.engine_threads is None  # auto:
+    assert config.threads_per_session(per_worker=True) == 1  # each of 2 workers' sessions, a core each
+    assert config.threads_per_session(per_worker=False) == 2  # the shared engine's one session
 
 
 def test_a_setting_still_overrides_the_cpu_count(sixteen_cores_pinned_to_two, monkeypatch):

@@ -64,7 +64,7 @@ def test_the_guard_validates_a_new_route_by_its_declaration():
         await send({"type": "http.response.body", "body": b"reached the API"})
 
     detect = Route("/detect", "picture", scalars={"top_k": int})
-    client = TestClient(RequestGuard(app, max_body_bytes=1 << 20, max_files=4, routes={detect.path: detect}))
+    client = TestClient(RequestGuard(app, max_body_bytes=1 << 20, routes={detect.path: detect}))
     r = client.post("/detect", files={"image": ("x.png", b"x")})
     assert r.status_code == 400 and r.json() == {
         "error": "unknown field(s) 'image'; expected 'picture', 'top_k'", "code": "unknown_field"}
