@@ -114,10 +114,12 @@ def open_rate(spec: str, best_closed_rate: float | None) -> float:
 def _engine_latency(served_models: dict[str, Any], config: Any, name: str, tensors: np.ndarray,
                     batch: int, seconds: float) -> dict[str, Any]:
     """p50 ms of one engine call at ``batch`` (1 untimed call, then >= 3 or ``seconds`` of calls)."""
-    from service.engine import EngineOptions, OnnxEngine
+    from service.engine import OnnxEngine, cuda_usable
+    from service.topology import engine_options, resolve_topology
 
     served = served_models[name]
-    options = replace(EngineOptions.from_config(config), max_batch_size=max(batch, config.max_batch_size))
+    topology = resolve_topology(config.topology, on_cuda=config.device != "cpu" and cuda_usable())
+    options = replace(engine_options(config, served, topology), max_batch_size=max(batch, config.max_batch_size))
     engine = OnnxEngine(served.onnx_path, options)
     x = np.ascontiguousarray(np.resize(tensors, (batch, *tensors.shape[1:])))
     engine.infer(x)

@@ -7,10 +7,10 @@
 | RESNET_DEVICE | auto | auto (CUDA if onnxruntime can use it), cuda or cpu |
 | RESNET_DEVICE_ID | 0 | CUDA device |
 | RESNET_MAX_BATCH_SIZE | 32 | adaptive batching: largest batch formed |
-| RESNET_MAX_LATENCY_MS | 1000 | adaptive batching: BentoML sheds (503) requests it predicts will wait longer |
+| RESNET_MAX_LATENCY_MS | 1000 | adaptive batching: a request predicted to wait longer for its model is shed (503; by the worker's batcher, or by BentoML's in the shared engine) |
 | RESNET_MODEL_SETTINGS | {} | per-model overrides of the two above, JSON: `{"resnet110-fmnist": {"max_batch_size": 8, "max_latency_ms": 200}}` |
-| RESNET_BATCHING | on | off = one onnxruntime call per image (for measuring batching on against off) |
-| RESNET_API_WORKERS | cores | processes that decode and preprocess uploads (cores: the CPUs this process may use, taskset or a container's cpuset honoured) |
+| RESNET_BATCHING | on | off = one onnxruntime call per request (for measuring batching on against off) |
+| RESNET_API_WORKERS | cores | HTTP worker processes: each reads, checks and decodes its uploads and, per-worker, runs the models (cores: the CPUs this process may use, taskset or a container's cpuset honoured) |
 | RESNET_TOPOLOGY | auto | where the models run: per-worker (every API worker loads them and batches its own requests), shared-engine (one Engine process batches for all workers) or auto (per-worker on the CPU, shared-engine on CUDA); service/topology.py |
 | RESNET_ENGINE_THREADS | auto | onnxruntime intra-op threads per session (CPU provider); auto = cores in the shared engine and for inputs of 96x96 pixels or more; else cores / API workers (at least 1) in each worker |
 | RESNET_ENGINE_SPIN | off | on = onnxruntime's intra-op threads busy-wait between runs (its default), taking CPU from the API workers |
@@ -28,7 +28,7 @@
 | RESNET_ADMIT_TARGET_MS | 0 | > 0: while the requests an API worker admitted spend longer than this in it on average, it admits fewer than RESNET_MAX_INFLIGHT (0 = off; docs/decisions/003-admission-control.md) |
 | RESNET_RETRY_AFTER_S | 1 | the Retry-After of every 503 |
 | RESNET_BODY_TIMEOUT_S | 30 | a request body not received in full within this time gets 408 and the connection is closed |
-| RESNET_DRAIN_QUIET_S | 1 | after SIGTERM the engine keeps serving until no request has come for this long ... |
+| RESNET_DRAIN_QUIET_S | 1 | shared-engine: after SIGTERM the engine keeps serving until no request has come for this long ... |
 | RESNET_DRAIN_MAX_S | 30 | ... or for at most this long, then shuts down gracefully |
 """
 from __future__ import annotations

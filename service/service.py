@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,15 @@ from service.classify import Classify
 from service.config import load_config
 from service.deadline import ResponseDeadline
 from service.drain import ActivityMiddleware
-from service.engine import EngineOptions, cuda_usable
+from service.engine import cuda_usable
 from service.errors import ClientError
 from service.guard import RequestGuard
 from service.metrics import REFUSED
 from service.page import Page
 from service.routes import ClassifyRoutes
 from service.schema import CLASSIFY, CLASSIFY_BATCH, MODELS, check_apis
-from service.topology import SHARED_ENGINE, PerWorkerModels, SharedEngineModels, load_engine, resolve_topology, timed_run
+from service.topology import (SHARED_ENGINE, Models, PerWorkerModels, Runtime, SharedEngineModels, engine_options,
+                              load_engine, resolve_topology, timed_run)
 
 log = logging.getLogger("bentoml.resnet_serving")  # under "bentoml": shown by bentoml serve
 # Here because `bentoml serve` imports this module before it creates sockets or builds any app.
@@ -73,12 +75,12 @@ class _EngineBase:
         self.served = {m.name: m for m in SERVED}  # checksums verified at import, in this process
         # SIGTERM: keep serving until the API workers' in-flight requests are through.
         bentoml_compat.defer_sigterm(CONFIG.drain_quiet_s, CONFIG.drain_max_s)
-        self.runs = {}
-        self.runtime = {}
+        self.runs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        self.runtime: dict[str, dict[str, Any]] = {}
         for m in SERVED:
-            engine = load_engine(m, EngineOptions.from_config(CONFIG, m.name))  # its own buckets
+            engine = load_engine(m, engine_options(CONFIG, m, SHARED_ENGINE))  # its own buckets
             self.runs[m.name] = timed_run(m.name, engine)
-            self.runtime[m.name] = {"provider": engine.provider, "precision": m.precision, "buckets": engine.buckets}
+            self.runtime[m.name] = Runtime(engine.provider, m.precision, tuple(engine.buckets)).to_dict()
         _settle_garbage_collector()
 
     @bentoml.api
@@ -116,7 +118,7 @@ class _ClassifierBase:
     def __init__(self) -> None:
         if TOPOLOGY == SHARED_ENGINE:
             bentoml_compat.keep_connections_open(self.engine)
-            models: Any = SharedEngineModels(self.engine, CONFIG)
+            models: Models = SharedEngineModels(self.engine, CONFIG)
         else:
             models = PerWorkerModels(SERVED, CONFIG)
         self.work = Classify(SERVED, CONFIG, models)

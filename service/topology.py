@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,6 +75,14 @@ def engine_unavailable(config: ServiceConfig, reason: Exception) -> ClientError:
                       f"{config.retry_after_s} s", config.retry_after_s, code="engine_unavailable")
 
 
+def engine_options(config: ServiceConfig, served: ServedModel, topology: str) -> EngineOptions:
+    """The options of ``served``'s session as the service builds it in ``topology`` (the experiments
+    time the model alone with these)."""
+    _, height, width = served.card.input_shape
+    return EngineOptions.from_config(config, served.name, per_worker=topology == PER_WORKER,
+                                     input_pixels=height * width)
+
+
 def load_engine(served: ServedModel, options: EngineOptions) -> OnnxEngine:
     engine = OnnxEngine(served.onnx_path, options)
     seconds = engine.warm_up(served.card.input_shape)
@@ -81,7 +90,7 @@ def load_engine(served: ServedModel, options: EngineOptions) -> OnnxEngine:
     return engine
 
 
-def timed_run(name: str, engine: OnnxEngine):
+def timed_run(name: str, engine: OnnxEngine) -> Callable[[np.ndarray], np.ndarray]:
     """``engine.infer`` with the inference metrics of each call."""
     def run(images: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
@@ -101,9 +110,7 @@ class PerWorkerModels:
         self.engines: dict[str, OnnxEngine] = {}
         self.batchers: dict[str, Batcher] = {}
         for m in served:
-            _, height, width = m.card.input_shape
-            engine = load_engine(m, EngineOptions.from_config(config, m.name, per_worker=True,
-                                                              input_pixels=height * width))
+            engine = load_engine(m, engine_options(config, m, PER_WORKER))
             own = config.batch_settings(m.name)
             # RESNET_BATCHING=off: one onnxruntime call per request, for measuring batching on against off
             self.batchers[m.name] = Batcher(timed_run(m.name, engine), own.max_batch_size if config.batching else 1,

@@ -1,9 +1,10 @@
 """The short report ``bench/gpu/check.sh`` prints last: the machine, its stages, every target of
-issue 17 met or missed and by how much, then the engine's ratios, the service under load and the
-depth sweep.
+issue 17 met or missed and by how much, then the engine's ratios, the service under load, the two
+topologies (RESNET_TOPOLOGY) side by side and the depth sweep.
 
     python -m bench.gpu.summary --stages STAGES.tsv --engine ENGINE/results.json \\
-        --classify SERVICE/classify.json --batch SERVICE/batch.json --sweep SWEEP/results.json
+        --classify SERVICE/classify.json --batch SERVICE/batch.json --sweep SWEEP/results.json \\
+        --classify-other SERVICE-TOPOLOGY/classify.json
 
 Every input is optional: a stage that failed leaves its part of the table saying so.
 """
@@ -26,6 +27,7 @@ ONE_CLIENT_MARGIN_MS = 1.5  # 1-client p50 over the engine's batch-1 latency
 # The service's RESNET_CUDA_GRAPHS / RESNET_PREFER_NHWC -> the OnnxEngine row of the engine check it matches.
 ENGINE_ROWS = {(False, False): "default", (True, False): "cuda_graphs", (False, True): "nhwc",
                (True, True): "cuda_graphs+nhwc"}
+OTHER_TOPOLOGY = {"per-worker": "shared-engine", "shared-engine": "per-worker"}  # service/topology.py's two
 
 
 def _load(path: Path | None) -> dict[str, Any] | None:
@@ -69,7 +71,8 @@ def _by(value: float, target: float) -> str:
     return f"{100 * (value / target - 1):+.0f}%"
 
 
-def _header(engine: dict[str, Any] | None, classify: dict[str, Any] | None, sweep: dict[str, Any] | None) -> list[str]:
+def _header(engine: dict[str, Any] | None, classify: dict[str, Any] | None, sweep: dict[str, Any] | None,
+            other: dict[str, Any] | None = None) -> list[str]:
     m = (engine or {}).get("machine") or {}
     service = (classify or {}).get("machine") or (sweep or {}).get("machine") or {}
     v, sv = m.get("versions", {}), service.get("versions", {})
@@ -84,8 +87,75 @@ def _header(engine: dict[str, Any] | None, classify: dict[str, Any] | None, swee
              f"Python {v.get('python') or sv.get('python', '?')}"]
     if env:
         lines.append("- Service settings: " + ", ".join(f"{k}={val}" for k, val in sorted(env.items())))
-    lines.append("- Topology (issue 16): no setting exists yet; `SERVE_ENV` in check.sh is the hook that passes it "
-                 "to the service when it lands")
+    first, second = topology_of(classify), topology_of(other)
+    if first or second:
+        lines.append(f"- Topology (RESNET_TOPOLOGY): {first or 'not recorded'} for every stage but `topology`, "
+                     + (f"which ran {second} (side by side below)" if second else "the other topology not measured"))
+    else:
+        lines.append("- Topology (RESNET_TOPOLOGY): not recorded (auto: shared-engine on CUDA, per-worker on the CPU)")
+    return lines
+
+
+def topology_of(part: dict[str, Any] | None) -> str | None:
+    """The RESNET_TOPOLOGY a load stage ran against (check.sh gives it explicitly; None if not recorded)."""
+    return ((part or {}).get("service_env") or {}).get("RESNET_TOPOLOGY")
+
+
+def _rate(run: dict[str, Any]) -> float | None:
+    """Good answers per second (/classify: one image each)."""
+    return run.get("requests_per_s", run.get("images_per_s"))
+
+
+def cpu_ms_per_request(run: dict[str, Any]) -> float | None:
+    """The service's CPU per good answer: its mean cores over the steady part divided by the rate."""
+    cores, rate = (run.get("cpu") or {}).get("service_cores"), _rate(run)
+    return 1000 * cores / rate if cores is not None and rate else None
+
+
+def _pair(a: float | None, b: float | None, digits: int = 1) -> str:
+    return f"{_f(a, digits)} / {_f(b, digits)}"
+
+
+def _topologies(first: dict[str, Any] | None, second: dict[str, Any] | None, dry_run: bool) -> list[str]:
+    """/classify closed loop at each users count against the first service and the topology stage's."""
+    a, b = _closed(first), _closed(second)
+    name_a = topology_of(first) or "first service"
+    name_b = topology_of(second) or OTHER_TOPOLOGY.get(name_a, "topology stage")
+    if not a and not b:
+        return ["Not measured: no closed-loop /classify run from either service"]
+    lines = []
+    if not b:
+        lines.append(f"{name_b}: not measured (no closed-loop run from the topology stage)")
+    elif not a:
+        lines.append(f"{name_a}: not measured (no closed-loop run in classify.json)")
+    seconds = {f"{_f((p or {}).get('settings', {}).get('duration'), 0)} s" for p in (first, second) if p}
+    lines += [f"Each cell: **{name_a}** / **{name_b}**; {' and '.join(sorted(seconds))} per run; the topology stage "
+              "serves the model alone. CPU: the service's mean cores over the run's steady part, and per good "
+              "answer.", "",
+              f"| users | req/s (= images/s) | {name_b} against {name_a} | p50 ms | p99 ms | service cores "
+              "| service CPU ms / request |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    by_a, by_b = {r["users"]: r for r in a}, {r["users"]: r for r in b}
+    for users in sorted(by_a.keys() | by_b.keys()):
+        ra, rb = by_a.get(users, {}), by_b.get(users, {})
+        rate_a, rate_b = _rate(ra), _rate(rb)
+        lines.append(f"| {users} | {_pair(rate_a, rate_b)} | {_by(rate_b, rate_a) if rate_a and rate_b else '–'} | "
+                     f"{_pair(ra.get('p50_ms'), rb.get('p50_ms'), 2)} | {_pair(ra.get('p99_ms'), rb.get('p99_ms'), 2)} | "
+                     f"{_pair((ra.get('cpu') or {}).get('service_cores'), (rb.get('cpu') or {}).get('service_cores'))} | "
+                     f"{_pair(cpu_ms_per_request(ra), cpu_ms_per_request(rb), 2)} |")
+    lines.append("")
+    if a and b:
+        best_a, best_b = (max(runs, key=lambda r: _rate(r) or 0.0) for runs in (a, b))
+        (win, w), (lose, lo) = sorted(((name_a, best_a), (name_b, best_b)), key=lambda x: -(_rate(x[1]) or 0.0))
+        lines.append(f"- Higher best throughput: **{win}**, {_f(_rate(w))} req/s ({_users(w['users'])}) "
+                     f"against {lose}'s {_f(_rate(lo))} ({_users(lo['users'])})"
+                     + (f": {_by(_rate(w), _rate(lo))}" if _rate(lo) and _rate(w) else "")
+                     + (" (CPU dry run: says nothing of the GPU's choice)" if dry_run else ""))
+        within = []
+        for name, runs in ((name_a, a), (name_b, b)):
+            ok = [r for r in runs if r.get("p99_ms") is not None and r["p99_ms"] <= CLASSIFY_MAX_P99_MS]
+            best = max(ok, key=lambda r: _rate(r) or 0.0) if ok else None
+            within.append(f"{name} {_f(_rate(best))} req/s ({_users(best['users'])})" if best else f"{name} none")
+        lines.append(f"- Best within /classify's p99 <= {CLASSIFY_MAX_P99_MS:.0f} ms: {'; '.join(within)}")
     return lines
 
 
@@ -246,16 +316,17 @@ def _sweep(sweep: dict[str, Any] | None) -> list[str]:
 
 def summarize(stages: Path | None, engine_path: Path | None, sweep_path: Path | None, dry_run: bool = False,
               sweep_raw: Path | None = None, classify_path: Path | None = None,
-              batch_path: Path | None = None) -> str:
+              batch_path: Path | None = None, classify_other_path: Path | None = None) -> str:
     engine, sweep = _load(engine_path), _load(sweep_path) or sweep_from_raw(sweep_raw)
-    classify, batch = _load(classify_path), _load(batch_path)
+    classify, batch, other = _load(classify_path), _load(batch_path), _load(classify_other_path)
     title = "## GPU check summary" + (": CPU DRY RUN, every figure a CPU figure, none from a GPU" if dry_run else "")
     targets = _engine_targets(engine) + _service_targets(classify, batch, engine, sweep, dry_run)
-    parts = [title, "", *_header(engine, classify, sweep), "", *_stages(stages), "",
+    parts = [title, "", *_header(engine, classify, sweep, other), "", *_stages(stages), "",
              "### Issue 17's targets", "", "| target | measured | verdict |", "|---|---|---|",
              *[f"| {what} | {measured} | {verdict} |" for what, measured, verdict in targets], "",
              "### Engine: onnxruntime fp16 against PyTorch eager fp16 channels-last, every depth", "", *_engine(engine), "",
              "### The service under load", "", *_service_table(classify, batch), "",
+             "### Topologies side by side: /classify closed loop", "", *_topologies(classify, other, dry_run), "",
              "### Depth sweep (`loadtests.sweep`, Locust)", "", *_sweep(sweep)]
     return "\n".join(parts) + "\n"
 
@@ -270,12 +341,14 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--engine", type=Path, help="the engine bench's results.json")
     p.add_argument("--classify", type=Path, help="bench.gpu.service_load's classify.json")
     p.add_argument("--batch", type=Path, help="bench.gpu.service_load's batch.json")
+    p.add_argument("--classify-other", type=Path,
+                   help="classify.json of the topology stage (the service with the other RESNET_TOPOLOGY)")
     p.add_argument("--sweep", type=Path, help="the sweep's results.json")
     p.add_argument("--sweep-raw", type=Path, help="the sweep's folder of Locust CSVs, read if results.json is missing")
     p.add_argument("--dry-run", action="store_true", help="say in the title that these are CPU figures")
     args = p.parse_args(argv)
-    print(summarize(args.stages, args.engine, args.sweep, args.dry_run, args.sweep_raw, args.classify, args.batch),
-          end="")
+    print(summarize(args.stages, args.engine, args.sweep, args.dry_run, args.sweep_raw, args.classify, args.batch,
+                    args.classify_other), end="")
     return 0
 
 

@@ -146,7 +146,10 @@ async def _overload_then_probe(port: int, pick: Any, rate: float, seconds: float
         await asyncio.sleep(seconds)  # the load drops when the overload's schedule ends
         return await open_loop("127.0.0.1", port, pick, probe_rate, probe_seconds)
 
-    return tuple(await asyncio.gather(open_loop("127.0.0.1", port, pick, rate, seconds, max_connections=2048),
+    # Enough connections for every request in flight: at 4x a saturation of ~1,600/s, a 503 may wait
+    # the admission's 250 ms first, and 2,048 connections ran out (164 requests not sent, 2026-12-01).
+    connections = max(2048, int(rate))
+    return tuple(await asyncio.gather(open_loop("127.0.0.1", port, pick, rate, seconds, max_connections=connections),
                                       probe()))  # type: ignore[return-value]
 
 

@@ -52,7 +52,8 @@ from loadtests.machine import machine_info
 from bench.service_overhead.report import targets
 from service.catalog import ModelUnavailable, ServedModel, resolve_models
 from service.config import ServiceConfig, load_config
-from service.engine import EngineOptions, OnnxEngine
+from service.engine import OnnxEngine, cuda_usable
+from service.topology import engine_options, resolve_topology
 from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def measure_engine(served: ServedModel, config: ServiceConfig, tensors: np.ndarr
                    seconds: float, bar: tqdm | None = None) -> dict[str, Any]:
     """p50 per call and images/s at each batch size: calls in a loop for ``seconds`` each, after 3
     untimed ones, on a fresh ``OnnxEngine`` built as the service builds it."""
-    options = EngineOptions.from_config(config)
+    on_cuda = config.device != "cpu" and cuda_usable()
+    options = engine_options(config, served, resolve_topology(config.topology, on_cuda=on_cuda))
     engine = OnnxEngine(served.onnx_path, options)
     engine.warm_up(served.card.input_shape)
     out: dict[str, Any] = {"provider": engine.provider, "options": dataclasses.asdict(options), "batches": {}}

@@ -57,6 +57,18 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def batch_floor(results: dict[str, Any]) -> dict[str, float] | None:
+    """The model alone's CPU per image at the batch size of ``/classify_batch``, against the service's
+    ``/classify`` at MANY clients: the lowest the batch goal's ratio could be on this machine."""
+    alone = [r for r in results.get("model_alone") or [] if r["batch"] == results["settings"].get("batch_images")]
+    single, batch = find_run(results, SERVICE, "/classify", MANY), find_run(results, SERVICE, "/classify_batch", MANY)
+    if not alone or not single or not batch or not single["cpu_ms_per_request"] or batch["cpu_ms_per_image"] is None:
+        return None
+    model = alone[0]["cpu_ms_per_image"]
+    return {"batch": alone[0]["batch"], "model_ms": model, "classify_ms": single["cpu_ms_per_request"],
+            "ratio": model / single["cpu_ms_per_request"], "over_ms": batch["cpu_ms_per_image"] - model}
+
+
 def _f(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -113,6 +125,12 @@ def markdown(results: dict[str, Any]) -> str:
         status = g["status"] if g["status"] == "not measured" else f"{g['status']} by {g['by']:.2f}x"
         lines.append(f"| {name} ({g['metric']}) | {g['clients']} | {_f(g.get('value'))} | {_f(g.get('against'))} | "
                      f"{_f(g.get('ratio'))}{'x' if 'ratio' in g else ''} | {sign} {g['limit']}x | {status} |")
+    floor = batch_floor(results)
+    if floor is not None:
+        lines += ["", f"The batch goal's floor here: the model alone costs {floor['model_ms']:.3f} ms CPU per image at batch "
+                  f"{floor['batch']}, {floor['ratio']:.2f}x of the service's {floor['classify_ms']:.2f} ms per `/classify` "
+                  f"at {MANY} clients, so no server can reach the goal's ratio on this machine with this model; the "
+                  f"service's `/classify_batch` spends {floor['over_ms']:.3f} ms per image beyond it."]
     lines += ["", f"![CPU per request, latency and throughput by server]({PLOT_FILE})", ""]
     return "\n".join(lines)
 

@@ -168,7 +168,8 @@ def test_summary_judges_every_target_of_the_issue(tmp_path):
     text = summarize(None, tmp_path / "engine.json", None, classify_path=tmp_path / "classify.json",
                      batch_path=tmp_path / "batch.json")
     assert "- Card: NVIDIA H200, 143771 MiB, 580.65" in text and "bentoml 1.4.40, locust 2.47.0" in text
-    assert "RESNET_CUDA_GRAPHS=on" in text and "Topology (issue 16): no setting exists yet" in text
+    assert "RESNET_CUDA_GRAPHS=on" in text
+    assert "- Topology (RESNET_TOPOLOGY): not recorded (auto: shared-engine on CUDA, per-worker on the CPU)" in text
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     engine = "ORT fp16 >= {}x PyTorch eager fp16 channels-last, resnet50, batch {}"
     assert "1.50x" in rows[engine.format(1.2, 64)] and "**met** (+25%)" in rows[engine.format(1.2, 64)]

@@ -83,3 +83,64 @@ def test_tiny_benchmark_drives_every_server_and_each_answers_right(tmp_path):
     assert "| bare ASGI | `/classify` | 1 |" in report and "--duration 1 --clients 1" in report
     assert "| service, shared engine | `/classify` | 1 |" in report and "batch 16:" in report
     assert (tmp_path / "serving_cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_batch_floor_is_the_model_alone_against_classify():
+    from bench.serving_cost.report import batch_floor
+
+    results = {"settings": {"batch_images": 16}, "model_alone": [{"batch": 1, "cpu_ms_per_image": 0.6},
+                                                                 {"batch": 16, "cpu_ms_per_image": 0.5}],
+               "servers": {SERVICE: {"runs": [_run("/classify", 16, cpu_ms_per_request=1.25),
+                                              _run("/classify_batch", 16, cpu_ms_per_image=0.75)]}}}
+    floor = batch_floor(results)
+    assert floor["ratio"] == 0.4 and floor["over_ms"] == 0.25 and floor["batch"] == 16
+    del results["model_alone"]
+    assert batch_floor(results) is None
+
+
+def test_photos_compare_now_with_before_per_client_count_and_metric():
+    from bench.serving_cost.photos_report import comparisons
+
+    def run(clients, cpu, p50, p99, rate):
+        return {"clients": clients, "cpu_ms_per_request": cpu, "p50_ms": p50, "p99_ms": p99, "requests_per_s": rate}
+
+    results = {"servers": {"service": {"runs": [run(1, 80.0, 40.0, 90.0, 21.0)]},
+                           "service before": {"runs": [run(1, 100.0, 50.0, 80.0, 20.0)]}}}
+    by_metric = {c["metric"]: c for c in comparisons(results)}
+    assert by_metric["CPU ms/request"]["ratio"] == 0.8 and by_metric["CPU ms/request"]["no_worse"]
+    assert not by_metric["p99 ms"]["no_worse"]  # higher latency is worse
+    assert by_metric["req/s"]["no_worse"] and by_metric["req/s"]["ratio"] == 1.05  # higher throughput is better
+
+
+def test_photos_refuse_a_before_that_is_not_a_checkout(tmp_path, capsys):
+    from bench.serving_cost.photos import main
+
+    assert main(["--before", str(tmp_path), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "not a checkout of this project" in err and "Traceback" not in err
+
+
+def test_the_model_alone_is_timed_per_image():
+    from bench.serving_cost.threads import measure
+    from export.default_model import ensure_default_model
+
+    ensure_default_model()  # into the tests' store
+    wall_ms, cpu_ms = measure("resnet20-fmnist", threads=1, batch=2, seconds=0.05)
+    assert 0 < wall_ms < 1000 and 0 < cpu_ms < 1000
+
+
+def test_profile_shares_count_each_step_once_per_sample(tmp_path):
+    from bench.serving_cost.profile import shares
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "main (service.py:1);RequestGuard.__call__ (service/guard.py:90);ClassifyRoutes.__call__ (service/routes.py:40);"
+        "Classify.top (service/classify.py:99) 3\n"
+        "_worker (concurrent/futures/thread.py:1);Session.run (onnxruntime/capi/onnxruntime_inference_collection.py:2) 6\n"
+        "BaseEventLoop._run_once (asyncio/base_events.py:1);EpollSelector.select (selectors.py:468) 1\n"
+        "not a sample line\n")
+    total, by_step = shares(raw)
+    assert total == 10
+    assert by_step["onnxruntime (the model)"] == 0.6 and by_step["top-k of the answers"] == 0.3
+    assert by_step["the request guard, all of it"] == 0.3 and by_step["event loop waiting in epoll"] == 0.1
+    assert by_step["JSON encoding"] == 0.0
