@@ -64,6 +64,19 @@ def replace_timeout_middleware(middleware: type) -> None:
     _require(traffic.TimeoutMiddleware is middleware, patch, "bentoml._internal.server.http.traffic")
 
 
+def read_header_blocks_up_to(size: int) -> None:
+    """uvicorn's HTTP parser (h11) answers a plain-text 400 to a request head it has not received in
+    full within 16 KiB, so whether an oversized header block got the guard's JSON 431 depended on how
+    TCP split it. Raised to ``size`` (over the guard's own limit), the head always reaches the guard,
+    which refuses it as documented. uvicorn reads the default per connection, from its module."""
+    patch = "h11 incomplete-event limit"
+    _written_for_bentoml(patch)
+    from uvicorn.protocols.http import h11_impl
+
+    h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = size  # type: ignore[attr-defined]: a module constant
+    _require(h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE == size, patch, "uvicorn.protocols.http.h11_impl")
+
+
 def cache_media_types(service: Any) -> None:
     """BentoML works out each response's media type from its output's JSON schema, which pydantic
     builds anew for every response (~6% of a worker's CPU per request); the value never changes, so

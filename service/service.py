@@ -50,6 +50,8 @@ try:
     # Every process that imports the service (bentoml serve's own, each worker, bentoml build)
     # checks each model file against the sha256 in its metadata before anything loads it.
     SERVED: list[ServedModel] = resolve_models(CONFIG, verify_checksums=True)
+    # Every header block up to this size reaches the guard, which answers 431 JSON above its limit.
+    bentoml_compat.read_header_blocks_up_to(max(1 << 20, 4 * CONFIG.max_header_bytes))
 except (ValueError, ModelUnavailable) as e:
     # One line and a non-zero exit, not a traceback: raised in a worker, BentoML would log the
     # traceback and respawn the worker forever.

@@ -2,6 +2,7 @@
 BentoML other than the one it was written for."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import threading
@@ -45,6 +46,7 @@ PATCHES = {
     "keep_connections_open": lambda: compat.keep_connections_open(remote_proxy()),
     "defer_sigterm": lambda: compat.defer_sigterm(1.0, 1.0, Activity()),
     "note_sigterm": lambda: compat.note_sigterm(threading.Event()),
+    "read_header_blocks_up_to": lambda: compat.read_header_blocks_up_to(1 << 20),
 }
 
 
@@ -184,3 +186,19 @@ def test_sigterm_patches_refuse_a_handler_that_is_not_uvicorns(uvicorn_server):
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not under a server (a direct call): nothing to wrap
     assert not compat.note_sigterm(threading.Event()) and not compat.defer_sigterm(1, 1, Activity())
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_uvicorn_reads_a_header_block_past_h11s_16_kib_in_pieces(service_module):
+    """A 64 kB header block arriving in pieces reaches the guard (431 JSON), not h11's plain 400."""
+    import h11
+    from uvicorn.config import Config
+    from uvicorn.protocols.http import h11_impl
+
+    assert h11_impl.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE >= 4 * service_module.CONFIG.max_header_bytes
+    from uvicorn.server import ServerState
+
+    protocol = h11_impl.H11Protocol(Config(app=lambda *a: None), server_state=ServerState(), app_state={},
+                                    _loop=asyncio.new_event_loop())
+    head = b"POST /classify HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 65_536
+    protocol.conn.receive_data(head[:40_000])  # incomplete: 40 kB, past h11's own 16 KiB
+    assert protocol.conn.next_event() is h11.NEED_DATA
