@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.batcher import BatchDone, Batcher, QueueFull
+from service.batcher import Batcher, QueueFull
 from service.catalog import ServedModel
 from service.config import ServiceConfig
 from service.engine import EngineOptions, OnnxEngine

@@ -26,7 +26,6 @@ the machine. Writes ``results.json``, ``report.md`` and ``serving_cost.png`` to 
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -49,8 +48,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from bench.aio_http import Outcome, build_request, closed_loop, send_one
 from bench.reliability.common import ProcessTreeSampler, percentiles_ms
 from bench.reliability.hostile import MULTIPART, form, image_form, part
-from bench.service_overhead.measure import encode_pngs, service_config
+from bench.service_overhead.measure import encode_pngs
 from bench.serving_cost.model import ONNX_ENV
+from bench.serving_cost.store import checkout_commit, fp32_file
 from bench.serving_cost.threads import measure as model_alone
 from bench.serving_cost.report import BARE, BEFORE, NAIVE, SERVICE, SHARED, UNBATCHED, VARIANT_ENV, goals, write_outputs
 from common.cli import OneLineParser, int_list, run_cli
@@ -59,7 +59,7 @@ from common.files import ensure_writable_dir
 from loadtests.http_load import REPO_ROOT, ServeProcess, free_port
 from loadtests.machine import machine_info
 from models.default import DEFAULT_MODEL_NAME
-from service.catalog import ModelUnavailable, ServedModel, resolve_models
+from service.catalog import ServedModel
 
 log = logging.getLogger(__name__)
 SERVERS = (SERVICE, SHARED, UNBATCHED, NAIVE, BARE)  # and BEFORE with --before
@@ -90,7 +90,7 @@ class Load:
     top1: Callable[[Any], list[int]]
 
 
-def _loads(png: bytes) -> dict[str, dict[str, Load]]:
+def loads_for(png: bytes) -> dict[str, dict[str, Load]]:
     """Each server's loads, by name."""
     classify = build_request("/classify", image_form(png, b"image.png"), MULTIPART)
     batch = build_request("/classify_batch", form(*[part("images", png, b"image.png", "image/png")] * BATCH_IMAGES),
@@ -112,19 +112,6 @@ def answered_right(outcome: Outcome, load: Load, label: int) -> bool:
         return load.top1(json.loads(outcome.body)) == [label] * load.images
     except (ValueError, KeyError, TypeError, IndexError):
         return False
-
-
-def the_onnx_file(model: str) -> ServedModel:
-    """The store's fp32 file of ``model``, as the service resolves it (exported first if absent)."""
-    if model == DEFAULT_MODEL_NAME:
-        from export.default_model import ensure_default_model
-
-        ensure_default_model()
-    env = {**os.environ, "RESNET_MODELS": model, "RESNET_PRECISION": "fp32", "RESNET_DEVICE": "cpu"}
-    try:
-        return resolve_models(service_config(env), verify_checksums=True)[0]
-    except ModelUnavailable as e:
-        raise UserError(str(e)) from None
 
 
 def start(server: str, served: ServedModel, log_dir: Path, before: Path | None = None) -> ServeProcess:
@@ -229,15 +216,15 @@ def run_bench(model: str = DEFAULT_MODEL_NAME, duration: float = 15.0, clients: 
         if not (before / "service" / "service.py").is_file():
             raise UserError(f"--before {before}: not a checkout of this project (no service/service.py)")
         servers = [*servers, BEFORE]
-    served = the_onnx_file(model)
+    served = fp32_file(model)
     pngs, labels = encode_pngs(IMAGE_INDEX + 1)
     png, label = pngs[IMAGE_INDEX], int(labels[IMAGE_INDEX])
-    loads = _loads(png)
+    loads = loads_for(png)
     command = "python -m bench.serving_cost.measure " + shlex.join(argv if argv is not None else sys.argv[1:])
     results: dict[str, Any] = {
         "machine": machine_info(), "versions": versions(), "command": command.strip(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "settings": {"before": _describe_checkout(before), "model": served.name, "tag": served.tag, "onnx_file": str(served.onnx_path),
+        "settings": {"before": before and {"path": str(before), "commit": checkout_commit(before)}, "model": served.name, "tag": served.tag, "onnx_file": str(served.onnx_path),
                      "duration_s": duration, "warmup_s": warmup, "clients": list(clients),
                      "image": {"fashion_mnist_test_index": IMAGE_INDEX, "label": label,
                                "class": served.card.class_names[label], "png_bytes": len(png)},
@@ -247,7 +234,7 @@ def run_bench(model: str = DEFAULT_MODEL_NAME, duration: float = 15.0, clients: 
     # The model alone (one intra-op thread, as each API worker's session of this model has on the
     # CPU): the floor of any server's CPU per image.
     results["model_alone"] = [{"batch": b, **dict(zip(("wall_ms_per_image", "cpu_ms_per_image"),
-                                                      model_alone(served.name, 1, b, min(3.0, duration))))}
+                                                      model_alone(served, 1, b, min(3.0, duration))))}
                              for b in (1, BATCH_IMAGES)]
     total = sum(len(loads[s]) for s in servers) * len(clients)
     with tempfile.TemporaryDirectory(prefix="serving-cost-") as tmp, logging_redirect_tqdm():
@@ -258,14 +245,6 @@ def run_bench(model: str = DEFAULT_MODEL_NAME, duration: float = 15.0, clients: 
         bar.close()
     results["wall_seconds"] = time.perf_counter() - started
     return results
-
-
-def _describe_checkout(path: Path | None) -> dict[str, str] | None:
-    """The commit of the ``--before`` checkout, for the report."""
-    if path is None:
-        return None
-    out = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
-    return {"path": str(path), "commit": out.stdout.strip()[:120] or "unknown (not a git checkout)"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

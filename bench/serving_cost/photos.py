@@ -36,7 +36,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from bench.aio_http import Outcome, build_request, closed_loop, send_one
 from bench.reliability.common import ProcessTreeSampler, percentiles_ms
 from bench.reliability.hostile import MULTIPART, image_form
-from bench.service_overhead.measure import service_config
+from bench.serving_cost.store import checkout_commit, fp32_file
 from bench.serving_cost.photos_report import write_outputs
 from common.cli import OneLineParser, int_list, run_cli
 from common.errors import UserError
@@ -44,7 +44,7 @@ from common.files import ensure_writable_dir
 from loadtests.corpus import MANIFEST, cached_corpus
 from loadtests.http_load import REPO_ROOT, ServeProcess
 from loadtests.machine import machine_info
-from service.catalog import ModelUnavailable, ServedModel, resolve_models
+from service.catalog import ServedModel
 from service.engine import EngineOptions, OnnxEngine
 from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
 
@@ -139,11 +139,11 @@ def run_bench(before: Path, model: str, duration: float, clients: Sequence[int],
         raise UserError("need --duration > 0, --warmup >= 0, client counts >= 1 and --images >= 1")
     if not (before / "service" / "service.py").is_file():
         raise UserError(f"--before {before}: not a checkout of this project (no service/service.py)")
-    env = {**os.environ, "RESNET_MODELS": model, "RESNET_PRECISION": "fp32", "RESNET_DEVICE": "cpu"}
     try:
-        served = resolve_models(service_config(env), verify_checksums=True)[0]
-    except ModelUnavailable as e:
+        served = fp32_file(model)
+    except UserError as e:
         raise UserError(f"{e} (python -m export --model {model.split('-')[0]} --precision fp32 --register)") from None
+    env = {**os.environ, "RESNET_MODELS": model, "RESNET_PRECISION": "fp32", "RESNET_DEVICE": "cpu"}
     if served.card.channel_mode != "RGB":
         raise UserError(f"{model} takes {served.card.channel_mode} images; this benchmark is for photo-shaped (RGB) models")
     data, requests = corpus_requests(images)
@@ -153,7 +153,7 @@ def run_bench(before: Path, model: str, duration: float, clients: Sequence[int],
         "machine": machine_info(), "command": command.strip(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "settings": {"model": served.name, "tag": served.tag, "duration_s": duration, "warmup_s": warmup,
                      "clients": list(clients), "images": len(data), "mean_image_bytes": sum(map(len, data)) / len(data),
-                     "before": {"path": str(before), "commit": _commit(before)}},
+                     "before": {"path": str(before), "commit": checkout_commit(before)}},
         "servers": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="serving-cost-photos-") as tmp, logging_redirect_tqdm():
@@ -174,13 +174,6 @@ def run_bench(before: Path, model: str, duration: float, clients: Sequence[int],
         bar.close()
     results["wall_seconds"] = time.perf_counter() - started
     return results
-
-
-def _commit(path: Path) -> str:
-    import subprocess
-
-    out = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
-    return out.stdout.strip()[:120] or "unknown (not a git checkout)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import psutil
 
-from bench.aio_http import build_request, closed_loop
-from bench.reliability.hostile import MULTIPART, form, image_form, part
+from bench.aio_http import closed_loop
 from bench.service_overhead.measure import encode_pngs
+from bench.serving_cost.measure import loads_for
+from bench.serving_cost.report import SERVICE
 from common.cli import OneLineParser, run_cli
 from common.errors import UserError
 from loadtests.http_load import ServeProcess
@@ -50,13 +51,6 @@ STEPS = (
     ("batcher: hand-off to and from the model's thread", "BaseEventLoop.call_soon_threadsafe (asyncio/base_events.py"),
     ("event loop waiting in epoll", "EpollSelector.select (selectors.py"),
 )
-
-
-def requests(path: str) -> bytes:
-    png = encode_pngs(1)[0][0]
-    if path == "/classify":
-        return build_request(path, image_form(png, b"image.png"), MULTIPART)
-    return build_request(path, form(*[part("images", png, b"image.png", "image/png")] * 16), MULTIPART)
 
 
 def shares(raw: Path) -> tuple[int, dict[str, float]]:
@@ -80,7 +74,7 @@ def profile(path: str, clients: int, seconds: float, rate: int, out: Path) -> tu
     from export.default_model import ensure_default_model
 
     ensure_default_model()
-    request = requests(path)
+    request = loads_for(encode_pngs(1)[0][0])[SERVICE][path].request  # the serving-cost benchmark's
     env = {**os.environ, "RESNET_MODELS": DEFAULT_MODEL_NAME, "RESNET_PRECISION": "fp32", "RESNET_DEVICE": "cpu"}
     with tempfile.TemporaryDirectory(prefix="serving-profile-") as tmp, ServeProcess(env, Path(tmp), "profile") as server:
         asyncio.run(closed_loop("127.0.0.1", server.port, lambda i: request, clients, 3.0))

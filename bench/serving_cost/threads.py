@@ -18,22 +18,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.service_overhead.measure import service_config
+from bench.serving_cost.store import fp32_file
 from common.cli import OneLineParser, int_list, run_cli
-from common.errors import UserError
-from service.catalog import ModelUnavailable, resolve_models
+from service.catalog import ServedModel
 from service.engine import EngineOptions, OnnxEngine
 
 log = logging.getLogger(__name__)
 
 
-def measure(model: str, threads: int, batch: int, seconds: float) -> tuple[float, float]:
-    """(wall ms, CPU ms) per image of ``model`` at ``batch`` on ``threads`` intra-op threads."""
-    env = {**os.environ, "RESNET_MODELS": model, "RESNET_PRECISION": "fp32", "RESNET_DEVICE": "cpu"}
-    try:
-        served = resolve_models(service_config(env))[0]
-    except ModelUnavailable as e:
-        raise UserError(str(e)) from None
+def measure(served: ServedModel, threads: int, batch: int, seconds: float) -> tuple[float, float]:
+    """(wall ms, CPU ms) per image of ``served``'s file at ``batch`` on ``threads`` intra-op threads."""
     engine = OnnxEngine(served.onnx_path, EngineOptions(device="cpu", threads=threads, max_batch_size=batch))
     x = np.zeros((batch, *served.card.input_shape), np.float32)
     for _ in range(3):
@@ -61,7 +55,7 @@ def _main(argv: Sequence[str] | None) -> int:
     for model in (m.strip() for m in args.models.split(",") if m.strip()):
         for threads in args.threads:
             for batch in args.batches:
-                wall, cpu = measure(model, threads, batch, args.seconds)
+                wall, cpu = measure(fp32_file(model), threads, batch, args.seconds)
                 print(f"| {model} | {threads} | {batch} | {wall:.3f} | {cpu:.3f} |", flush=True)
     return 0
 

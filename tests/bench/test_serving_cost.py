@@ -125,7 +125,9 @@ def test_the_model_alone_is_timed_per_image():
     from export.default_model import ensure_default_model
 
     ensure_default_model()  # into the tests' store
-    wall_ms, cpu_ms = measure("resnet20-fmnist", threads=1, batch=2, seconds=0.05)
+    from bench.serving_cost.store import fp32_file
+
+    wall_ms, cpu_ms = measure(fp32_file("resnet20-fmnist"), threads=1, batch=2, seconds=0.05)
     assert 0 < wall_ms < 1000 and 0 < cpu_ms < 1000
 
 

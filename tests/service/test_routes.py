@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from bench.reliability.hostile import BOUNDARY, MULTIPART, form, image_form, part
 from service.classify import Classify
 from service.engine import EngineOptions, OnnxEngine
-from service.errors import ClientError, overloaded
+from service.errors import overloaded
 from service.guard import RequestGuard
 from service.preprocess import DecodeLimits, PreprocessSpec, preprocess
 from service.routes import ClassifyRoutes, server_timing
