@@ -30,6 +30,7 @@
 | RESNET_BODY_TIMEOUT_S | 30 | a request body not received in full within this time gets 408 and the connection is closed |
 | RESNET_DRAIN_QUIET_S | 1 | shared-engine: after SIGTERM the engine keeps serving until no request has come for this long ... |
 | RESNET_DRAIN_MAX_S | 30 | ... or for at most this long, then shuts down gracefully |
+| RESNET_MALLOC_TRIM_S | 30 | every this many seconds each process hands the C allocator's free heap pages back to the system (glibc `malloc_trim`), so resident memory stays flat (0 = never; docs/decisions/018-malloc-trim.md) |
 """
 from __future__ import annotations
 
@@ -167,6 +168,7 @@ class ServiceConfig:
     versions: tuple[tuple[str, str], ...] = ()  # (name, store version) pinned in RESNET_MODELS
     model_batching: tuple[tuple[str, BatchSettings], ...] = ()  # RESNET_MODEL_SETTINGS over the two defaults
     topology: str = "auto"  # service/topology.py
+    malloc_trim_s: float = 30.0  # service/allocator.py; 0: never
     cores: int = 1  # usable by this process (usable_cores)
 
     @property
@@ -239,6 +241,9 @@ def load_config(env: Mapping[str, str] | None = None) -> ServiceConfig:
         body_timeout_s=_int(env, "RESNET_BODY_TIMEOUT_S", 30),
         drain_quiet_s=_float(env, "RESNET_DRAIN_QUIET_S", 1.0),
         drain_max_s=_float(env, "RESNET_DRAIN_MAX_S", 30.0),
+        # Free heap pages returned to the system this often; without it a worker's resident memory
+        # crept 24-54 MiB/h under steady load (docs/decisions/018-malloc-trim.md).
+        malloc_trim_s=_float(env, "RESNET_MALLOC_TRIM_S", 30.0),
         # Off by default: one target for every served model would shed the clients of a slow one
         # (docs/decisions/003-admission-control.md).
         admit_target_ms=_int(env, "RESNET_ADMIT_TARGET_MS", 0, minimum=0),

@@ -26,6 +26,7 @@ import bentoml
 import numpy as np
 
 from service import bentoml_compat, openapi
+from service.allocator import PeriodicTrim
 from service.catalog import ModelUnavailable, ServedModel, resolve_models
 from service.classify import Classify
 from service.config import load_config
@@ -64,10 +65,13 @@ TIMEOUT_S = 60  # no answer begun by then: 504 (service/deadline.py, service/rou
 GC_THRESHOLDS = (20_000, 10, 10)  # CPython's defaults: (700, 10, 10)
 
 
-def _settle_garbage_collector() -> None:
+def _settle_memory() -> None:
+    """After start-up: the collector settled (docs/decisions/005-garbage-collector.md), and free heap
+    pages handed back to the system every RESNET_MALLOC_TRIM_S (docs/decisions/018-malloc-trim.md)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    PeriodicTrim(CONFIG.malloc_trim_s).start()
 
 
 # ---- Engine (shared-engine topology): one batchable API per model ------------------------------
@@ -83,7 +87,7 @@ class _EngineBase:
             engine = load_engine(m, engine_options(CONFIG, m, SHARED_ENGINE))  # its own buckets
             self.runs[m.name] = timed_run(m.name, engine)
             self.runtime[m.name] = Runtime(engine.provider, m.precision, tuple(engine.buckets)).to_dict()
-        _settle_garbage_collector()
+        _settle_memory()
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:
@@ -126,7 +130,7 @@ class _ClassifierBase:
         self.work = Classify(SERVED, CONFIG, models)
         _Answering.routes = ClassifyRoutes(self.work, deadline_s=TIMEOUT_S)
         bentoml_compat.note_sigterm()  # after SIGTERM, responses close their connections
-        _settle_garbage_collector()
+        _settle_memory()
 
     # Over HTTP, RequestGuard hands these routes' requests to service/routes.py, which answers them
     # as these methods would; BentoML still builds their OpenAPI, its clients and direct calls on them.

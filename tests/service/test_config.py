@@ -72,3 +72,10 @@ def test_bad_model_settings_are_one_clear_error(env, message):
     with pytest.raises(ValueError) as e:
         load_config({**SERVED, **env})
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malloc_trim_interval_defaults_to_30_s_and_0_turns_it_off():
+    assert load_config(SERVED).malloc_trim_s == 30.0
+    assert load_config({**SERVED, "RESNET_MALLOC_TRIM_S": "0"}).malloc_trim_s == 0.0
+    with pytest.raises(ValueError, match="RESNET_MALLOC_TRIM_S"):
+        load_config({**SERVED, "RESNET_MALLOC_TRIM_S": "-1"})
